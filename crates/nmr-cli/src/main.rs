@@ -1,0 +1,2 @@
+//! The `nmr` command (placeholder).
+fn main() {}
