@@ -1,1 +1,57 @@
-//! Placeholder; see the crate's issue.
+//! # wsk — the Winsock Kernel subsystem over the OS's sockets
+//!
+//! This crate is the WSK subsystem of a user-mode NMR: the provider of
+//! `NPI_WSK_INTERFACE_ID` whose clients ("WSK applications") create sockets and do real
+//! network I/O through it, and the client-side registration functions
+//! (`WskRegister`, `WskCaptureProviderNPI`, ...).
+//!
+//! ## Layers
+//!
+//! ```text
+//!   WSK application ──(WskRegistration / raw NMR Client<WskNpi>)──► NMR binding
+//!        │                                                         │
+//!        ▼ provider dispatch (WskClient)                           ▼ detach pends while sockets open
+//!   sockets: Basic / Listen / Connection / Datagram   ──►   ClientCore (socket count)
+//!        │ ops tried inline, else queued
+//!        ▼
+//!   Reactor: N I/O threads in epoll (mio)  ── completes ops, raises event callbacks
+//! ```
+//!
+//! * **Operations** ([`Op`]) complete exactly once (the IRP rule), can be awaited, waited on
+//!   or given a completion routine, and can be cancelled.
+//! * **Events** ([`ListenEvents`], [`ConnectionEvents`], [`DatagramEvents`]) start disabled,
+//!   are enabled per socket, and run on the I/O threads.
+//! * **Close** cancels pending operations, waits for callbacks in progress and resets a live
+//!   connection.
+//!
+//! Only IPv4/IPv6 TCP and UDP are supported; stream sockets (`WSK_FLAG_STREAM_SOCKET`) are
+//! refused with `NOT_SUPPORTED`.
+
+mod addrinfo;
+mod client;
+mod error;
+mod events;
+pub mod npi;
+mod op;
+mod reactor;
+mod socket;
+mod status;
+mod sys;
+
+pub use addrinfo::{AddrInfo, AddrInfoHints, AddrInfoList, NameInfo, NameInfoFlags};
+pub use client::{
+    CounterSnapshot, Subsystem, Transport, WSK_CACHE_SD, WSK_RELEASE_SD, WSK_SET_STATIC_EVENT_CALLBACKS,
+    WSK_TDI_BEHAVIOR, WSK_TDI_DEVICENAME_MAPPING, WSK_TRANSPORT_LIST_CHANGE, WSK_TRANSPORT_LIST_QUERY, WskClient,
+};
+pub use error::{Error, Result};
+pub use events::{
+    ConnectionEvents, DatagramEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict, SocketDispatch,
+};
+pub use op::Op;
+pub use socket::{
+    AF_INET, AF_INET6, Accepted, BasicRef, BasicSocket, Category, ConnectionRef, ConnectionSocket, Datagram,
+    DatagramRef, DatagramSocket, Disconnect, Family, IPPROTO_TCP, IPPROTO_UDP, ListenRef, ListenSocket, SOCK_DGRAM,
+    SOCK_STREAM, SockOpt, Socket, SocketControl, Transfer, WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET,
+    WSK_FLAG_DATAGRAM_SOCKET, WSK_FLAG_LISTEN_SOCKET, WSK_FLAG_STREAM_SOCKET,
+};
+pub use status::Status;
