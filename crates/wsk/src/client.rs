@@ -181,12 +181,18 @@ impl Subsystem {
         })
     }
 
-    /// A new client (what the provider hands out as `WSK_CLIENT` for one binding).
+    /// A new client (what the provider hands out as `WSK_CLIENT` for one binding), outside
+    /// any registrar: for tools and tests of the socket layer.
     pub fn client(&self) -> WskClient {
+        self.client_with_version(crate::npi::WSK_VERSION_1_0)
+    }
+
+    pub(crate) fn client_with_version(&self, version: u16) -> WskClient {
         self.inner.clients.fetch_add(1, Ordering::Relaxed);
         WskClient {
             core: Arc::new(ClientCore {
                 sub: self.inner.clone(),
+                version,
                 state: Mutex::new(ClientState::default()),
                 cond: Condvar::new(),
             }),
@@ -213,6 +219,8 @@ type IdleHook = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 struct ClientState {
     sockets: usize,
+    /// Sockets plus operations still pending outside a socket (name lookups).
+    outstanding: usize,
     created_any: bool,
     static_events: EventMask,
     /// No new sockets (the client detached or is closing).
@@ -223,6 +231,7 @@ struct ClientState {
 /// Per-client state (`WSK_CLIENT`).
 pub(crate) struct ClientCore {
     pub(crate) sub: Arc<SubsystemInner>,
+    version: u16,
     state: Mutex<ClientState>,
     cond: Condvar,
 }
@@ -233,17 +242,22 @@ impl Drop for ClientCore {
     }
 }
 
-/// Held by every open socket; dropping it releases the client's socket count.
+/// Held by every open socket (and pending name lookup); dropping it releases the client's
+/// count, and the last one lets a pending provider detach complete.
 pub(crate) struct SocketTicket {
     owner: Arc<ClientCore>,
+    socket: bool,
 }
 
 impl Drop for SocketTicket {
     fn drop(&mut self) {
         let hooks = {
             let mut st = self.owner.state.lock();
-            st.sockets -= 1;
-            if st.sockets == 0 {
+            st.outstanding -= 1;
+            if self.socket {
+                st.sockets -= 1;
+            }
+            if st.outstanding == 0 {
                 self.owner.cond.notify_all();
                 std::mem::take(&mut st.idle_hooks)
             } else {
@@ -263,18 +277,29 @@ impl ClientCore {
             return Err(Error::DeviceNotReady);
         }
         st.sockets += 1;
+        st.outstanding += 1;
         st.created_any = true;
-        Ok(SocketTicket { owner: self.clone() })
+        Ok(SocketTicket { owner: self.clone(), socket: true })
+    }
+
+    /// Count an operation in flight that holds no socket (a name lookup).
+    pub(crate) fn op_started(self: &Arc<Self>) -> Result<SocketTicket> {
+        let mut st = self.state.lock();
+        if st.refuse_new {
+            return Err(Error::DeviceNotReady);
+        }
+        st.outstanding += 1;
+        Ok(SocketTicket { owner: self.clone(), socket: false })
     }
 
     pub(crate) fn static_events(&self) -> EventMask {
         self.state.lock().static_events
     }
 
-    /// Run `hook` once the client has no open socket (now, if it has none).
+    /// Run `hook` once the client has no open socket and no pending lookup (now, if so).
     pub(crate) fn when_idle(&self, hook: impl FnOnce() + Send + 'static) {
         let mut st = self.state.lock();
-        if st.sockets == 0 {
+        if st.outstanding == 0 {
             drop(st);
             hook();
         } else {
@@ -330,18 +355,24 @@ fn check_type(category: Category, socket_type: u16, protocol: u32) -> Result<()>
 }
 
 impl WskClient {
+    /// The WSK version the provider serves this client (negotiated at attach).
+    pub fn version(&self) -> u16 {
+        self.core.version
+    }
+
     /// Sockets of this client still open.
     pub fn open_sockets(&self) -> usize {
         self.core.state.lock().sockets
     }
 
-    /// Block until this client has no open socket, or `timeout` passes. Returns whether idle.
+    /// Block until this client has no open socket and no pending lookup, or `timeout`
+    /// passes. Returns whether idle.
     pub fn wait_no_sockets(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.core.state.lock();
-        while st.sockets != 0 {
+        while st.outstanding != 0 {
             if self.core.cond.wait_until(&mut st, deadline).timed_out() {
-                return st.sockets == 0;
+                return st.outstanding == 0;
             }
         }
         true
@@ -488,9 +519,14 @@ impl WskClient {
     pub fn get_address_info(&self, node: Option<&str>, service: Option<&str>, hints: AddrInfoHints) -> Op<AddrInfoList> {
         let node = node.map(str::to_owned);
         let service = service.map(str::to_owned);
+        let ticket = match self.core.op_started() {
+            Ok(t) => t,
+            Err(e) => return Op::ready(Err(e)),
+        };
         let (op, c) = Op::pending();
         self.core.sub.resolve(Box::new(move || {
             c.complete(addrinfo::lookup(node.as_deref(), service.as_deref(), hints));
+            drop(ticket);
         }));
         op
     }
@@ -502,9 +538,14 @@ impl WskClient {
 
     /// `WskGetNameInfo`: reverse-resolve on the resolver thread.
     pub fn get_name_info(&self, addr: SocketAddr, flags: NameInfoFlags) -> Op<NameInfo> {
+        let ticket = match self.core.op_started() {
+            Ok(t) => t,
+            Err(e) => return Op::ready(Err(e)),
+        };
         let (op, c) = Op::pending();
         self.core.sub.resolve(Box::new(move || {
             c.complete(addrinfo::name_info(addr, flags));
+            drop(ticket);
         }));
         op
     }

@@ -86,6 +86,9 @@ pub enum Error {
     /// The control code is not implemented.
     #[error("not implemented")]
     NotImplemented,
+    /// The registrar refused a registration call.
+    #[error("registrar: {0}")]
+    Registrar(#[from] nmr::Error),
     /// Any other OS error, by errno.
     #[error("os error {0}")]
     Os(i32),
@@ -119,6 +122,7 @@ impl Error {
             Error::NoInterface => Status::NOINTERFACE,
             Error::ProviderShutDown => Status::DEVICE_REMOVED,
             Error::NotImplemented => Status::NOT_IMPLEMENTED,
+            Error::Registrar(e) => Status::from(e.status()),
             Error::Os(_) => Status::UNSUCCESSFUL,
         }
     }

@@ -32,8 +32,11 @@ mod client;
 mod error;
 mod events;
 pub mod npi;
+pub use npi::WskProviderCharacteristics;
 mod op;
+mod provider;
 mod reactor;
+mod registration;
 mod socket;
 mod status;
 mod sys;
@@ -54,4 +57,8 @@ pub use socket::{
     SOCK_STREAM, SockOpt, Socket, SocketControl, Transfer, WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET,
     WSK_FLAG_DATAGRAM_SOCKET, WSK_FLAG_LISTEN_SOCKET, WSK_FLAG_STREAM_SOCKET,
 };
+pub use provider::{
+    ClientEventFn, NPI_WSK_INTERFACE_ID, ProviderConfig, WSK_PROVIDER_MODULE_ID, WskClientDispatch, WskNpi, WskProvider,
+};
+pub use registration::{WSK_INFINITE_WAIT, WSK_NO_WAIT, WskProviderNpi, WskRegistration};
 pub use status::Status;

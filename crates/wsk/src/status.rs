@@ -107,6 +107,18 @@ impl Status {
     }
 }
 
+impl From<nmr::Status> for Status {
+    fn from(s: nmr::Status) -> Status {
+        Status(s.0)
+    }
+}
+
+impl From<Status> for nmr::Status {
+    fn from(s: Status) -> nmr::Status {
+        nmr::Status(s.0)
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
