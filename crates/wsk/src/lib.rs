@@ -30,6 +30,7 @@
 mod addrinfo;
 mod client;
 mod error;
+pub mod echo;
 mod events;
 pub mod npi;
 pub use npi::WskProviderCharacteristics;
