@@ -99,9 +99,9 @@ pub struct CounterSnapshot {
     pub sockets_opened: u64,
     /// Sockets closed.
     pub sockets_closed: u64,
-    /// Bytes handed to the OS by send operations.
+    /// Bytes handed to the OS by send operations (of sockets closed so far).
     pub bytes_sent: u64,
-    /// Bytes received (by operations and receive events).
+    /// Bytes received by operations and receive events (of sockets closed so far).
     pub bytes_received: u64,
     /// Reactor wakeups.
     pub reactor_wakeups: u64,

@@ -53,10 +53,11 @@ pub struct EchoStats {
 
 #[derive(Default)]
 struct EchoShared {
-    conns: Mutex<HashMap<u64, ConnectionSocket>>,
+    conns: Mutex<HashMap<u64, (ConnectionSocket, Arc<EchoConn>)>>,
+    /// Bytes echoed by connections already gone.
+    closed_bytes: AtomicU64,
     next_id: AtomicU64,
     connections: AtomicU64,
-    bytes: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -67,15 +68,14 @@ struct EchoConn {
     shared: Weak<EchoShared>,
     queued: AtomicUsize,
     paused: AtomicBool,
+    bytes: AtomicU64,
 }
 
 impl EchoConn {
     fn echo(self: &Arc<Self>, s: &ConnectionRef, data: Vec<u8>) {
         let n = data.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
-        if let Some(sh) = self.shared.upgrade() {
-            sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         let me = self.clone();
         let s2 = s.clone();
         s.send(data).on_complete(move |r| {
@@ -108,8 +108,11 @@ impl EchoConn {
 
     fn forget(&self) {
         if let Some(sh) = self.shared.upgrade() {
-            let sock = sh.conns.lock().remove(&self.id);
-            drop(sock);
+            let entry = sh.conns.lock().remove(&self.id);
+            if let Some((sock, conn)) = entry {
+                sh.closed_bytes.fetch_add(conn.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                drop(sock);
+            }
         }
     }
 }
@@ -139,16 +142,22 @@ impl ListenEvents for EchoListen {
             return; // dropping the socket refuses it
         }
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(EchoConn { id, shared: self.0.clone(), queued: AtomicUsize::new(0), paused: AtomicBool::new(false) });
+        let conn = Arc::new(EchoConn {
+            id,
+            shared: self.0.clone(),
+            queued: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+        });
         let s = acc.socket;
         let _ = s.control(SocketControl::SetOption(SockOpt::NoDelay, 1));
-        if s.set_dispatch(SocketDispatch::Connection(Arc::new(EchoConnEvents(conn)))).is_err()
+        if s.set_dispatch(SocketDispatch::Connection(Arc::new(EchoConnEvents(conn.clone())))).is_err()
             || s.enable_events(EventMask::RECEIVE | EventMask::DISCONNECT).is_err()
         {
             return;
         }
         sh.connections.fetch_add(1, Ordering::Relaxed);
-        sh.conns.lock().insert(id, s);
+        sh.conns.lock().insert(id, (s, conn));
     }
 }
 
@@ -190,10 +199,12 @@ impl EchoServer {
     /// Current counters.
     pub fn stats(&self) -> EchoStats {
         let s = &self.shared;
+        let conns = s.conns.lock();
+        let live: u64 = conns.values().map(|(_, c)| c.bytes.load(Ordering::Relaxed)).sum();
         EchoStats {
             connections: s.connections.load(Ordering::Relaxed),
-            active: s.conns.lock().len() as u64,
-            bytes_echoed: s.bytes.load(Ordering::Relaxed),
+            active: conns.len() as u64,
+            bytes_echoed: s.closed_bytes.load(Ordering::Relaxed) + live,
         }
     }
 

@@ -19,17 +19,25 @@
 //! operation with `Cancelled`, so no operation can be lost.
 
 use crate::reactor::on_io_thread;
+use crate::socket::SocketCore;
 use crate::{Error, Result, Status};
 use parking_lot::{Condvar, Mutex};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 type Routine<T> = Box<dyn FnOnce(Result<T>) + Send>;
-type CancelHook = Box<dyn FnOnce() + Send>;
+
+/// What [`Op::cancel`] does for a pending operation.
+enum CancelHook {
+    /// Ask the socket to take the operation off its queues (no allocation per operation).
+    Socket(Weak<SocketCore>),
+    /// Anything else.
+    Fn(Box<dyn FnOnce() + Send>),
+}
 
 enum State<T> {
     Pending {
@@ -87,8 +95,14 @@ impl<T> Shared<T> {
 /// ```
 #[must_use = "an operation completes even if dropped, but its result is lost"]
 pub struct Op<T> {
-    shared: Arc<Shared<T>>,
+    inner: Inner<T>,
     returned: Status,
+}
+
+/// An operation that finished inline needs no shared state (and no allocation).
+enum Inner<T> {
+    Ready(Option<Result<T>>),
+    Shared(Arc<Shared<T>>),
 }
 
 /// The provider's side of an [`Op`]: completes it exactly once.
@@ -99,11 +113,20 @@ pub(crate) struct Completer<T> {
 impl<T: Send + 'static> Op<T> {
     /// A new pending operation and its completer.
     pub(crate) fn pending() -> (Op<T>, Completer<T>) {
+        Self::with_hook(None)
+    }
+
+    /// A new pending operation queued on `socket`: cancelling it asks the socket.
+    pub(crate) fn pending_on(socket: &Arc<SocketCore>) -> (Op<T>, Completer<T>) {
+        Self::with_hook(Some(CancelHook::Socket(Arc::downgrade(socket))))
+    }
+
+    fn with_hook(cancel: Option<CancelHook>) -> (Op<T>, Completer<T>) {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::Pending { waker: None, routine: None, cancel: None }),
+            state: Mutex::new(State::Pending { waker: None, routine: None, cancel }),
             cond: Condvar::new(),
         });
-        (Op { shared: shared.clone(), returned: Status::PENDING }, Completer { shared: Some(shared) })
+        (Op { inner: Inner::Shared(shared.clone()), returned: Status::PENDING }, Completer { shared: Some(shared) })
     }
 
     /// An operation that already completed (the call "returned" its status).
@@ -112,19 +135,18 @@ impl<T: Send + 'static> Op<T> {
             Ok(_) => Status::SUCCESS,
             Err(e) => e.status(),
         };
-        Op {
-            shared: Arc::new(Shared { state: Mutex::new(State::Ready(result)), cond: Condvar::new() }),
-            returned,
-        }
+        Op { inner: Inner::Ready(Some(result)), returned }
     }
 
     /// Record what the call returned: SUCCESS/failure if already complete, else PENDING.
     pub(crate) fn seal(mut self) -> Op<T> {
-        self.returned = match &*self.shared.state.lock() {
-            State::Ready(Ok(_)) => Status::SUCCESS,
-            State::Ready(Err(e)) => e.status(),
-            _ => Status::PENDING,
-        };
+        if let Inner::Shared(shared) = &self.inner {
+            self.returned = match &*shared.state.lock() {
+                State::Ready(Ok(_)) => Status::SUCCESS,
+                State::Ready(Err(e)) => e.status(),
+                _ => Status::PENDING,
+            };
+        }
         self
     }
 
@@ -136,20 +158,29 @@ impl<T: Send + 'static> Op<T> {
 
     /// True once the operation has completed.
     pub fn is_complete(&self) -> bool {
-        !matches!(&*self.shared.state.lock(), State::Pending { .. })
+        match &self.inner {
+            Inner::Ready(_) => true,
+            Inner::Shared(s) => !matches!(&*s.state.lock(), State::Pending { .. }),
+        }
     }
 
     /// Ask the provider to cancel the operation. A still-pending operation completes with
     /// [`Error::Cancelled`]; a finished one is unaffected. Never blocks.
     pub fn cancel(&self) {
-        let hook = match &mut *self.shared.state.lock() {
+        let Inner::Shared(shared) = &self.inner else { return };
+        let hook = match &mut *shared.state.lock() {
             State::Pending { cancel, .. } => cancel.take(),
             _ => return,
         };
         match hook {
-            Some(hook) => hook(),
+            Some(CancelHook::Socket(w)) => {
+                if let Some(core) = w.upgrade() {
+                    core.cancel_op(Arc::as_ptr(shared) as *const () as usize);
+                }
+            }
+            Some(CancelHook::Fn(hook)) => hook(),
             None => {
-                self.shared.finish(Err(Error::Cancelled));
+                shared.finish(Err(Error::Cancelled));
             }
         }
     }
@@ -170,8 +201,12 @@ impl<T: Send + 'static> Op<T> {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
-    fn wait_until(self, deadline: Option<Instant>) -> std::result::Result<Result<T>, Op<T>> {
-        let mut st = self.shared.state.lock();
+    fn wait_until(mut self, deadline: Option<Instant>) -> std::result::Result<Result<T>, Op<T>> {
+        let shared = match &mut self.inner {
+            Inner::Ready(r) => return Ok(r.take().unwrap_or(Err(Error::Cancelled))),
+            Inner::Shared(s) => s.clone(),
+        };
+        let mut st = shared.state.lock();
         loop {
             match std::mem::replace(&mut *st, State::Taken) {
                 State::Ready(r) => return Ok(r),
@@ -182,9 +217,9 @@ impl<T: Send + 'static> Op<T> {
                 return Ok(Err(Error::WouldDeadlock));
             }
             match deadline {
-                None => self.shared.cond.wait(&mut st),
+                None => shared.cond.wait(&mut st),
                 Some(d) => {
-                    if self.shared.cond.wait_until(&mut st, d).timed_out() {
+                    if shared.cond.wait_until(&mut st, d).timed_out() {
                         if let State::Ready(_) = &*st {
                             continue;
                         }
@@ -199,8 +234,12 @@ impl<T: Send + 'static> Op<T> {
     /// Set a completion routine. It runs exactly once: now, on this thread, if the operation
     /// already completed, otherwise on the thread that completes it (usually an I/O thread,
     /// where it must not block).
-    pub fn on_complete(self, f: impl FnOnce(Result<T>) + Send + 'static) {
-        let mut st = self.shared.state.lock();
+    pub fn on_complete(mut self, f: impl FnOnce(Result<T>) + Send + 'static) {
+        let shared = match &mut self.inner {
+            Inner::Ready(r) => return f(r.take().unwrap_or(Err(Error::Cancelled))),
+            Inner::Shared(s) => s.clone(),
+        };
+        let mut st = shared.state.lock();
         match &mut *st {
             State::Pending { routine, .. } => {
                 *routine = Some(Box::new(f));
@@ -220,11 +259,19 @@ impl<T: Send + 'static> Op<T> {
     }
 }
 
+// The result is only ever moved out, never pinned in place.
+impl<T> Unpin for Op<T> {}
+
 impl<T> Future for Op<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut st = self.shared.state.lock();
+        let this = self.get_mut();
+        let shared = match &mut this.inner {
+            Inner::Ready(r) => return Poll::Ready(r.take().unwrap_or(Err(Error::Cancelled))),
+            Inner::Shared(s) => s,
+        };
+        let mut st = shared.state.lock();
         match &mut *st {
             State::Pending { waker, .. } => {
                 match waker {
@@ -246,11 +293,16 @@ impl<T> Future for Op<T> {
 
 impl<T> fmt::Debug for Op<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &*self.shared.state.lock() {
-            State::Pending { .. } => "pending",
-            State::Ready(Ok(_)) => "completed",
-            State::Ready(Err(_)) => "failed",
-            State::Taken => "consumed",
+        let state = match &self.inner {
+            Inner::Ready(Some(Ok(_))) => "completed",
+            Inner::Ready(Some(Err(_))) => "failed",
+            Inner::Ready(None) => "consumed",
+            Inner::Shared(s) => match &*s.state.lock() {
+                State::Pending { .. } => "pending",
+                State::Ready(Ok(_)) => "completed",
+                State::Ready(Err(_)) => "failed",
+                State::Taken => "consumed",
+            },
         };
         f.debug_struct("Op").field("returned", &self.returned).field("state", &state).finish()
     }
@@ -270,7 +322,7 @@ impl<T> Completer<T> {
     pub(crate) fn set_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         if let Some(s) = &self.shared {
             if let State::Pending { cancel, .. } = &mut *s.state.lock() {
-                *cancel = Some(Box::new(hook));
+                *cancel = Some(CancelHook::Fn(Box::new(hook)));
             }
         }
     }

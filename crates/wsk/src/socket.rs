@@ -278,6 +278,9 @@ struct Inner {
     sends: VecDeque<PendingSend>,
     held: Vec<u8>,
     held_off: usize,
+    /// Bytes moved, added to the provider's counters at close (no shared atomics per op).
+    sent: u64,
+    received: u64,
     accepts: VecDeque<Completer<Accepted>>,
     recv_froms: VecDeque<(Completer<Datagram>, Vec<u8>)>,
     send_tos: VecDeque<(Completer<Transfer>, Vec<u8>, SockAddr)>,
@@ -379,6 +382,8 @@ impl SocketCore {
                 sends: VecDeque::new(),
                 held: Vec::new(),
                 held_off: 0,
+                sent: 0,
+                received: 0,
                 accepts: VecDeque::new(),
                 recv_froms: VecDeque::new(),
                 send_tos: VecDeque::new(),
@@ -437,17 +442,7 @@ impl SocketCore {
         &self.owner.sub.counters
     }
 
-    fn cancel_hook<T: Send + 'static>(self: &Arc<Self>, c: &Completer<T>) {
-        let weak = Arc::downgrade(self);
-        let id = c.id();
-        c.set_cancel(move || {
-            if let Some(core) = weak.upgrade() {
-                core.cancel_op(id);
-            }
-        });
-    }
-
-    fn cancel_op(self: &Arc<Self>, id: usize) {
+    pub(crate) fn cancel_op(self: &Arc<Self>, id: usize) {
         let mut done = Vec::new();
         {
             let mut g = self.inner.lock();
@@ -693,6 +688,9 @@ impl SocketCore {
             }
             g.events = SocketDispatch::None;
             g.held = Vec::new();
+            let c = &self.owner.sub.counters;
+            c.bytes_sent.fetch_add(std::mem::take(&mut g.sent), Ordering::Relaxed);
+            c.bytes_received.fetch_add(std::mem::take(&mut g.received), Ordering::Relaxed);
             (io, g.ticket.take())
         };
         drop(io);
@@ -802,8 +800,7 @@ impl SocketCore {
         }
         let stream = mio::net::TcpStream::from_std(s.into());
         g.io = Io::Connecting(stream);
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.connecting = Some(c);
         self.register(&mut g)?;
         Ok(op)
@@ -871,8 +868,8 @@ impl SocketCore {
             let Io::Connected(stream) = &g.io else { unreachable!("checked by conn_state") };
             loop {
                 if off == buf.len() {
+                    g.sent += off as u64;
                     drop(g);
-                    self.counters().bytes_sent.fetch_add(off as u64, Ordering::Relaxed);
                     let bytes = buf.len();
                     return Op::ready(Ok(Transfer { buf, bytes }));
                 }
@@ -888,8 +885,7 @@ impl SocketCore {
                 }
             }
         }
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.sends.push_back(PendingSend { done: c, buf, off });
         op
     }
@@ -921,7 +917,7 @@ impl SocketCore {
                 }
             }
         }
-        self.counters().bytes_sent.fetch_add(sent, Ordering::Relaxed);
+        inner.sent += sent;
         if inner.sends.is_empty() {
             if let Some(c) = inner.graceful.take() {
                 let r = stream.shutdown(Shutdown::Write).map_err(|e| Error::from_io(&e));
@@ -940,6 +936,7 @@ impl SocketCore {
             let n = (inner.held.len() - inner.held_off).min(buf.len());
             buf[..n].copy_from_slice(&inner.held[inner.held_off..inner.held_off + n]);
             inner.held_off += n;
+            inner.received += n as u64;
             if inner.held_off == inner.held.len() {
                 inner.held.clear();
                 inner.held_off = 0;
@@ -947,7 +944,6 @@ impl SocketCore {
                 drop(g);
                 self.poke();
             }
-            self.counters().bytes_received.fetch_add(n as u64, Ordering::Relaxed);
             return Op::ready(Ok(Transfer { buf, bytes: n }));
         }
         if let Err(e) = self.conn_state(&g) {
@@ -967,8 +963,8 @@ impl SocketCore {
                         return Op::ready(Ok(Transfer { buf, bytes: 0 }));
                     }
                     Ok(n) => {
+                        g.received += n as u64;
                         drop(g);
-                        self.counters().bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                         return Op::ready(Ok(Transfer { buf, bytes: n }));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -981,8 +977,7 @@ impl SocketCore {
                 }
             }
         }
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.recvs.push_back((c, buf));
         op
     }
@@ -1088,7 +1083,7 @@ impl SocketCore {
             }
             SCRATCH_BUF.with(|s| *s.borrow_mut() = scratch);
         }
-        self.counters().bytes_received.fetch_add(received, Ordering::Relaxed);
+        g.received += received;
     }
 
     /// The connection broke (reset, error): fail everything pending, raise the disconnect event.
@@ -1121,8 +1116,7 @@ impl SocketCore {
                     let Io::Connected(stream) = &g.io else { unreachable!("checked") };
                     Op::ready(stream.shutdown(Shutdown::Write).map_err(|e| Error::from_io(&e)))
                 } else {
-                    let (op, c) = Op::pending();
-                    self.cancel_hook(&c);
+                    let (op, c) = Op::pending_on(self);
                     g.graceful = Some(c);
                     op
                 }
@@ -1192,8 +1186,7 @@ impl SocketCore {
                 }
             }
         }
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.accepts.push_back(c);
         op
     }
@@ -1280,16 +1273,15 @@ impl SocketCore {
             let Io::Datagram(s) = &g.io else { unreachable!("checked") };
             match s.send_to(&buf, &addr) {
                 Ok(n) => {
+                    g.sent += n as u64;
                     drop(g);
-                    self.counters().bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     return Op::ready(Ok(Transfer { buf, bytes: n }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Op::ready(Err(e.into())),
             }
         }
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.send_tos.push_back((c, buf, addr));
         op
     }
@@ -1329,8 +1321,7 @@ impl SocketCore {
                 Err(e) => return Op::ready(Err(e.into())),
             }
         }
-        let (op, c) = Op::pending();
-        self.cancel_hook(&c);
+        let (op, c) = Op::pending_on(self);
         g.recv_froms.push_back((c, buf));
         op
     }
