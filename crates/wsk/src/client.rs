@@ -456,7 +456,7 @@ impl WskClient {
         connect.on_complete(move |r| {
             c.complete(r.map(|()| sock));
         });
-        op.seal()
+        op
     }
 
     /// `WskControlClient`. Supported codes: `WSK_TRANSPORT_LIST_QUERY` (output: an array of

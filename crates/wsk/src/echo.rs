@@ -249,7 +249,7 @@ impl Default for LoadConfig {
 }
 
 /// When a run stops: the first limit reached (at least one should be set; with none the
-/// run lasts one second).
+/// run lasts one second). Request and byte limits are split evenly over the connections.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunLimit {
     /// Wall-clock duration.
@@ -291,25 +291,37 @@ impl LoadStats {
 
 struct Run {
     deadline: Instant,
+    /// Per-connection quotas (the totals split evenly), so connections share no counters.
     max_requests: u64,
     max_bytes: u64,
-    requests: AtomicU64,
-    sent: AtomicU64,
-    echoed: AtomicU64,
-    errors: AtomicU64,
+    totals: Mutex<Tally>,
     running: Mutex<usize>,
     done: Condvar,
 }
 
+/// One connection's progress in a run; owned by its driver, added to the totals at the end.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    requests: u64,
+    sent: u64,
+    echoed: u64,
+    errors: u64,
+}
+
 impl Run {
-    fn should_stop(&self) -> bool {
-        self.requests.load(Ordering::Relaxed) >= self.max_requests
-            || self.sent.load(Ordering::Relaxed) >= self.max_bytes
-            || Instant::now() >= self.deadline
+    fn should_stop(&self, t: &Tally) -> bool {
+        t.requests >= self.max_requests || t.sent >= self.max_bytes || Instant::now() >= self.deadline
     }
 
-    fn finished(&self, conn: &Arc<LoadConn>, bufs: Bufs) {
+    fn finished(&self, conn: &Arc<LoadConn>, bufs: Bufs, tally: Tally) {
         *conn.bufs.lock() = Some(bufs);
+        {
+            let mut t = self.totals.lock();
+            t.requests += tally.requests;
+            t.sent += tally.sent;
+            t.echoed += tally.echoed;
+            t.errors += tally.errors;
+        }
         let mut n = self.running.lock();
         *n -= 1;
         if *n == 0 {
@@ -317,10 +329,10 @@ impl Run {
         }
     }
 
-    fn failed(&self, conn: &Arc<LoadConn>, bufs: Bufs) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+    fn failed(&self, conn: &Arc<LoadConn>, bufs: Bufs, mut tally: Tally) {
+        tally.errors += 1;
         conn.broken.store(true, Ordering::Release);
-        self.finished(conn, bufs);
+        self.finished(conn, bufs, tally);
     }
 }
 
@@ -337,83 +349,78 @@ struct LoadConn {
 }
 
 enum Step {
-    Send(Bufs),
-    Receive(Bufs, usize),
+    Send(Bufs, Tally),
+    /// Waiting for the echo: bytes of it received so far.
+    Receive(Bufs, Tally, usize),
+    /// The connection failed or the peer closed it.
+    Failed(Bufs, Tally),
 }
 
 /// Drive one connection's request/response loop. Operations that finish inline are handled
 /// in this loop; a pending one continues from its completion routine (on an I/O thread).
+/// A connection's steps never run concurrently, so its tally needs no synchronisation.
 fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
     loop {
         step = match step {
-            Step::Send(bufs) => {
-                if run.should_stop() {
-                    return run.finished(&conn, bufs);
+            Step::Send(bufs, tally) => {
+                if run.should_stop(&tally) {
+                    return run.finished(&conn, bufs, tally);
                 }
                 let Bufs { send, recv } = bufs;
                 let op = conn.socket.send(send);
-                match settle(op, &conn, &run, move |t: Transfer| Step::Receive(Bufs { send: t.buf, recv }, 0)) {
+                let next = move |r: Result<Transfer>| match r {
+                    Ok(t) => Step::Receive(Bufs { send: t.buf, recv }, tally, 0),
+                    Err(_) => Step::Failed(Bufs { send: Vec::new(), recv }, tally),
+                };
+                match settle(op, &conn, &run, next) {
                     Some(next) => next,
                     None => return,
                 }
             }
-            Step::Receive(bufs, got) => {
+            Step::Receive(bufs, tally, got) => {
                 let Bufs { send, mut recv } = bufs;
-                let want = send.len() - got;
-                recv.resize(want.min(recv.capacity().max(want)), 0);
+                recv.resize(send.len() - got, 0);
                 let op = conn.socket.receive(recv);
                 let fill = conn.fill;
-                let run2 = run.clone();
-                match settle(op, &conn, &run, move |t: Transfer| {
-                    if t.bytes == 0 || !t.data().iter().all(|&b| b == fill) {
-                        run2.errors.fetch_add(1, Ordering::Relaxed);
+                let next = move |r: Result<Transfer>| {
+                    let mut tally = tally;
+                    let t = match r {
+                        Ok(t) if t.bytes > 0 => t,
+                        Ok(t) => return Step::Failed(Bufs { send, recv: t.buf }, tally),
+                        Err(_) => return Step::Failed(Bufs { send, recv: Vec::new() }, tally),
+                    };
+                    if !t.data().iter().all(|&b| b == fill) {
+                        tally.errors += 1;
                     }
-                    run2.echoed.fetch_add(t.bytes as u64, Ordering::Relaxed);
+                    tally.echoed += t.bytes as u64;
                     let got = got + t.bytes;
                     let bufs = Bufs { send, recv: t.buf };
-                    if t.bytes == 0 {
-                        return Step::Receive(bufs, usize::MAX); // peer closed: stop below
-                    }
                     if got == bufs.send.len() {
-                        run2.requests.fetch_add(1, Ordering::Relaxed);
-                        run2.sent.fetch_add(bufs.send.len() as u64, Ordering::Relaxed);
-                        Step::Send(bufs)
+                        tally.requests += 1;
+                        tally.sent += bufs.send.len() as u64;
+                        Step::Send(bufs, tally)
                     } else {
-                        Step::Receive(bufs, got)
+                        Step::Receive(bufs, tally, got)
                     }
-                }) {
-                    Some(Step::Receive(bufs, usize::MAX)) => return run.failed(&conn, bufs),
+                };
+                match settle(op, &conn, &run, next) {
                     Some(next) => next,
                     None => return,
                 }
             }
+            Step::Failed(bufs, tally) => return run.failed(&conn, bufs, tally),
         };
     }
 }
 
 /// If `op` already completed, map its result now; otherwise continue `drive` from its
 /// completion routine and return `None`.
-fn settle(op: Op<Transfer>, conn: &Arc<LoadConn>, run: &Arc<Run>, next: impl FnOnce(Transfer) -> Step + Send + 'static) -> Option<Step> {
+fn settle(op: Op<Transfer>, conn: &Arc<LoadConn>, run: &Arc<Run>, next: impl FnOnce(Result<Transfer>) -> Step + Send + 'static) -> Option<Step> {
     if op.is_complete() {
-        return match op.wait() {
-            Ok(t) => Some(next(t)),
-            Err(_) => {
-                run.failed(conn, Bufs { send: Vec::new(), recv: Vec::new() });
-                None
-            }
-        };
+        return Some(next(op.wait()));
     }
     let (conn, run) = (conn.clone(), run.clone());
-    op.on_complete(move |r| match r {
-        Ok(t) => {
-            let step = next(t);
-            if let Step::Receive(bufs, usize::MAX) = step {
-                return run.failed(&conn, bufs);
-            }
-            drive(conn, run, step);
-        }
-        Err(_) => run.failed(&conn, Bufs { send: Vec::new(), recv: Vec::new() }),
-    });
+    op.on_complete(move |r| drive(conn, run, next(r)));
     None
 }
 
@@ -464,20 +471,21 @@ impl LoadClient {
         let duration = limit.duration.unwrap_or(if none { Duration::from_secs(1) } else { Duration::from_secs(3600) });
         let start = Instant::now();
         let live: Vec<_> = self.conns.iter().filter(|c| !c.broken.load(Ordering::Acquire)).cloned().collect();
+        let n = live.len().max(1) as u64;
         let run = Arc::new(Run {
             deadline: start + duration,
-            max_requests: limit.requests.unwrap_or(u64::MAX),
-            max_bytes: limit.bytes.unwrap_or(u64::MAX),
-            requests: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            echoed: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            max_requests: limit.requests.map_or(u64::MAX, |r| r.div_ceil(n)),
+            max_bytes: limit.bytes.map_or(u64::MAX, |b| b.div_ceil(n)),
+            totals: Mutex::new(Tally::default()),
             running: Mutex::new(live.len()),
             done: Condvar::new(),
         });
         for c in &live {
-            let bufs = c.bufs.lock().take().unwrap_or_else(|| Bufs { send: vec![c.fill; self.cfg.message_size], recv: Vec::new() });
-            drive(c.clone(), run.clone(), Step::Send(bufs));
+            let mut bufs = c.bufs.lock().take().unwrap_or_else(|| Bufs { send: Vec::new(), recv: Vec::new() });
+            if bufs.send.len() != self.cfg.message_size {
+                bufs.send = vec![c.fill; self.cfg.message_size];
+            }
+            drive(c.clone(), run.clone(), Step::Send(bufs, Tally::default()));
         }
         {
             // Every connection stops at its next request once a limit is hit; the grace
@@ -490,13 +498,15 @@ impl LoadClient {
                 }
             }
         }
+        let elapsed = start.elapsed();
+        let t = *run.totals.lock();
         LoadStats {
             connections: live.len() as u64,
-            requests: run.requests.load(Ordering::Relaxed),
-            bytes_sent: run.sent.load(Ordering::Relaxed),
-            bytes_echoed: run.echoed.load(Ordering::Relaxed),
-            errors: run.errors.load(Ordering::Relaxed),
-            elapsed: start.elapsed(),
+            requests: t.requests,
+            bytes_sent: t.sent,
+            bytes_echoed: t.echoed,
+            errors: t.errors,
+            elapsed,
         }
     }
 

@@ -138,18 +138,6 @@ impl<T: Send + 'static> Op<T> {
         Op { inner: Inner::Ready(Some(result)), returned }
     }
 
-    /// Record what the call returned: SUCCESS/failure if already complete, else PENDING.
-    pub(crate) fn seal(mut self) -> Op<T> {
-        if let Inner::Shared(shared) = &self.inner {
-            self.returned = match &*shared.state.lock() {
-                State::Ready(Ok(_)) => Status::SUCCESS,
-                State::Ready(Err(e)) => e.status(),
-                _ => Status::PENDING,
-            };
-        }
-        self
-    }
-
     /// The status the WSK function returned when it was called: `SUCCESS` (finished inline),
     /// `PENDING` (completes later), or a failure. The operation completes in every case.
     pub fn returned(&self) -> Status {
@@ -394,9 +382,13 @@ mod tests {
     }
 
     #[test]
-    fn seal_reports_inline_status() {
+    fn returned_status_is_what_the_call_said_first() {
+        assert_eq!(Op::<u32>::ready(Err(Error::AddressInUse)).returned(), Status::ADDRESS_ALREADY_EXISTS);
+        assert_eq!(Op::ready(Ok(1u32)).returned(), Status::SUCCESS);
         let (op, c) = Op::<u32>::pending();
-        c.complete(Err(Error::AddressInUse));
-        assert_eq!(op.seal().returned(), Status::ADDRESS_ALREADY_EXISTS);
+        c.complete(Ok(2));
+        // It returned PENDING, then completed: both stay visible.
+        assert_eq!(op.returned(), Status::PENDING);
+        assert_eq!(op.wait(), Ok(2));
     }
 }

@@ -763,7 +763,7 @@ impl SocketCore {
 
     pub(crate) fn connect(self: &Arc<Self>, remote: SocketAddr) -> Op<()> {
         match self.start_connect(remote) {
-            Ok(op) => op.seal(),
+            Ok(op) => op,
             Err(e) => Op::ready(Err(e)),
         }
     }
@@ -1516,18 +1516,18 @@ impl ConnectionRef {
 
     /// `WskSend`: send all of `buf`; completes when the OS has taken every byte.
     pub fn send(&self, buf: Vec<u8>) -> Op<Transfer> {
-        self.0.send(buf).seal()
+        self.0.send(buf)
     }
 
     /// `WskReceive`: receive up to `buf.len()` bytes into `buf`; 0 bytes means the peer
     /// disconnected gracefully.
     pub fn receive(&self, buf: Vec<u8>) -> Op<Transfer> {
-        self.0.receive(buf).seal()
+        self.0.receive(buf)
     }
 
     /// `WskDisconnect`.
     pub fn disconnect(&self, how: Disconnect) -> Op<()> {
-        self.0.disconnect(how).seal()
+        self.0.disconnect(how)
     }
 
     /// `WskGetLocalAddress`.
@@ -1549,7 +1549,7 @@ impl ListenRef {
 
     /// `WskAccept`: accept one incoming connection.
     pub fn accept(&self) -> Op<Accepted> {
-        self.0.accept().seal()
+        self.0.accept()
     }
 
     /// `WskGetLocalAddress`.
@@ -1566,13 +1566,13 @@ impl DatagramRef {
 
     /// `WskSendTo`: send one datagram.
     pub fn send_to(&self, buf: Vec<u8>, to: SocketAddr) -> Op<Transfer> {
-        self.0.send_to(buf, to).seal()
+        self.0.send_to(buf, to)
     }
 
     /// `WskReceiveFrom`: receive one datagram into `buf` (cut and flagged `truncated` if
     /// larger).
     pub fn receive_from(&self, buf: Vec<u8>) -> Op<Datagram> {
-        self.0.receive_from(buf).seal()
+        self.0.receive_from(buf)
     }
 
     /// `WskGetLocalAddress`.
