@@ -7,7 +7,7 @@
 //!   round trip).
 //! * `throughput/*`: 4 connections, 256 KiB requests echoed back (bytes = echoed bytes).
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_main};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
@@ -34,24 +34,35 @@ impl MioServer {
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut poll = Poll::new().unwrap();
-            poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE).unwrap();
+            poll.registry()
+                .register(&mut listener, Token(usize::MAX), Interest::READABLE)
+                .unwrap();
             let mut conns: slab::Slab<(TcpStream, Vec<u8>)> = slab::Slab::new();
             let mut events = Events::with_capacity(256);
             let mut buf = vec![0u8; 64 << 10];
             while !stop2.load(Ordering::Relaxed) {
-                poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+                poll.poll(&mut events, Some(Duration::from_millis(50)))
+                    .unwrap();
                 for ev in events.iter() {
                     if ev.token() == Token(usize::MAX) {
                         while let Ok((mut s, _)) = listener.accept() {
                             s.set_nodelay(true).unwrap();
                             let e = conns.vacant_entry();
-                            poll.registry().register(&mut s, Token(e.key()), Interest::READABLE | Interest::WRITABLE).unwrap();
+                            poll.registry()
+                                .register(
+                                    &mut s,
+                                    Token(e.key()),
+                                    Interest::READABLE | Interest::WRITABLE,
+                                )
+                                .unwrap();
                             e.insert((s, Vec::new()));
                         }
                         continue;
                     }
                     let k = ev.token().0;
-                    let Some((s, out)) = conns.get_mut(k) else { continue };
+                    let Some((s, out)) = conns.get_mut(k) else {
+                        continue;
+                    };
                     let mut closed = false;
                     // Flush what is owed, then echo what arrives.
                     loop {
@@ -75,7 +86,9 @@ impl MioServer {
                             }
                             Ok(n) => match s.write(&buf[..n]) {
                                 Ok(w) => out.extend_from_slice(&buf[w..n]),
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => out.extend_from_slice(&buf[..n]),
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                    out.extend_from_slice(&buf[..n])
+                                }
                                 Err(_) => {
                                     closed = true;
                                     break;
@@ -95,7 +108,11 @@ impl MioServer {
                 }
             }
         });
-        MioServer { addr, stop, thread: Some(thread) }
+        MioServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -131,10 +148,22 @@ impl MioClient {
             std.set_nodelay(true).unwrap();
             std.set_nonblocking(true).unwrap();
             let mut s = TcpStream::from_std(std);
-            poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE).unwrap();
-            conns.push(MioConn { s, msg: vec![(i % 251) as u8 + 1; size], sent: 0, got: 0, busy: false });
+            poll.registry()
+                .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .unwrap();
+            conns.push(MioConn {
+                s,
+                msg: vec![(i % 251) as u8 + 1; size],
+                sent: 0,
+                got: 0,
+                busy: false,
+            });
         }
-        MioClient { poll, conns, buf: vec![0; 256 << 10] }
+        MioClient {
+            poll,
+            conns,
+            buf: vec![0; 256 << 10],
+        }
     }
 
     fn pump(c: &mut MioConn, buf: &mut [u8], done: &mut u64, issued: &mut u64, target: u64) {
@@ -191,7 +220,9 @@ impl MioClient {
         }
         let mut events = Events::with_capacity(256);
         while done < issued {
-            self.poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+            self.poll
+                .poll(&mut events, Some(Duration::from_secs(5)))
+                .unwrap();
             for ev in events.iter() {
                 let c = &mut self.conns[ev.token().0];
                 Self::pump(c, &mut self.buf, &mut done, &mut issued, target);
@@ -203,9 +234,17 @@ impl MioClient {
 
 // ---------------- benchmarks ----------------
 
-fn bench_pair(c: &mut Criterion, group: &str, connections: usize, size: usize, throughput: Throughput) {
+fn bench_pair(
+    c: &mut Criterion,
+    group: &str,
+    connections: usize,
+    size: usize,
+    throughput: Throughput,
+) {
     let mut g = c.benchmark_group(group);
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     g.throughput(throughput);
 
     {
@@ -219,10 +258,21 @@ fn bench_pair(c: &mut Criterion, group: &str, connections: usize, size: usize, t
         let nmr = nmr::Registrar::new();
         let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
         let server = EchoServer::start(&nmr, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = LoadClient::connect(&nmr, server.local_addr(), LoadConfig { connections, message_size: size }).unwrap();
+        let client = LoadClient::connect(
+            &nmr,
+            server.local_addr(),
+            LoadConfig {
+                connections,
+                message_size: size,
+            },
+        )
+        .unwrap();
         g.bench_function("wsk", |b| {
             b.iter_custom(|iters| {
-                let s = client.run(RunLimit { requests: Some(iters), ..Default::default() });
+                let s = client.run(RunLimit {
+                    requests: Some(iters),
+                    ..Default::default()
+                });
                 assert_eq!(s.errors, 0);
                 // Normalise the small overshoot (connections finishing their last round trip).
                 s.elapsed.mul_f64(iters as f64 / s.requests.max(1) as f64)
@@ -251,11 +301,22 @@ fn interleaved(name: &str, connections: usize, size: usize, requests: u64) {
     let nmr = nmr::Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
     let echo = EchoServer::start(&nmr, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = LoadClient::connect(&nmr, echo.local_addr(), LoadConfig { connections, message_size: size }).unwrap();
+    let client = LoadClient::connect(
+        &nmr,
+        echo.local_addr(),
+        LoadConfig {
+            connections,
+            message_size: size,
+        },
+    )
+    .unwrap();
     let mut ratios = Vec::new();
     for _ in 0..9 {
         let m = mio_client.run(requests);
-        let w = client.run(RunLimit { requests: Some(requests), ..Default::default() });
+        let w = client.run(RunLimit {
+            requests: Some(requests),
+            ..Default::default()
+        });
         assert_eq!(w.errors, 0);
         let m_rate = requests as f64 / m.as_secs_f64();
         ratios.push(w.requests_per_sec() / m_rate);
@@ -275,5 +336,12 @@ fn ratios(_: &mut Criterion) {
     interleaved("throughput (4 conns x 256 KiB)", 4, 256 << 10, 2_000);
 }
 
-criterion_group!(benches, requests, throughput, ratios);
+/// The benchmark group: criterion comparisons, then the interleaved ratios.
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    requests(&mut c);
+    throughput(&mut c);
+    ratios(&mut c);
+}
+
 criterion_main!(benches);

@@ -93,24 +93,38 @@ fn service_port(service: &str) -> Result<u16> {
 }
 
 /// Blocking implementation of `WskGetAddressInfo`.
-pub(crate) fn lookup(node: Option<&str>, service: Option<&str>, hints: AddrInfoHints) -> Result<AddrInfoList> {
+pub(crate) fn lookup(
+    node: Option<&str>,
+    service: Option<&str>,
+    hints: AddrInfoHints,
+) -> Result<AddrInfoList> {
     if node.is_none() && service.is_none() {
         return Err(Error::InvalidParameter("node and service are both absent"));
     }
-    if let Some(t) = hints.socket_type {
-        if t != SOCK_STREAM && t != SOCK_DGRAM {
-            return Err(Error::Unsupported("socket type"));
-        }
+    if let Some(t) = hints.socket_type
+        && t != SOCK_STREAM
+        && t != SOCK_DGRAM
+    {
+        return Err(Error::Unsupported("socket type"));
     }
     let port = service.map(service_port).transpose()?.unwrap_or(0);
     let addrs: Vec<SocketAddr> = match node {
         None if hints.passive => {
-            vec![(Ipv6Addr::UNSPECIFIED, port).into(), (Ipv4Addr::UNSPECIFIED, port).into()]
+            vec![
+                (Ipv6Addr::UNSPECIFIED, port).into(),
+                (Ipv4Addr::UNSPECIFIED, port).into(),
+            ]
         }
-        None => vec![(Ipv6Addr::LOCALHOST, port).into(), (Ipv4Addr::LOCALHOST, port).into()],
+        None => vec![
+            (Ipv6Addr::LOCALHOST, port).into(),
+            (Ipv4Addr::LOCALHOST, port).into(),
+        ],
         Some(n) => match n.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => (n, port).to_socket_addrs().map_err(|_| Error::NameNotFound)?.collect(),
+            Err(_) => (n, port)
+                .to_socket_addrs()
+                .map_err(|_| Error::NameNotFound)?
+                .collect(),
         },
     };
     let mut entries = Vec::new();
@@ -123,7 +137,12 @@ pub(crate) fn lookup(node: Option<&str>, service: Option<&str>, hints: AddrInfoH
             if hints.socket_type.is_some_and(|t| t != ty) {
                 continue;
             }
-            let e = AddrInfo { family, socket_type: ty, protocol: proto, addr };
+            let e = AddrInfo {
+                family,
+                socket_type: ty,
+                protocol: proto,
+                addr,
+            };
             if !entries.contains(&e) {
                 entries.push(e);
             }
@@ -165,24 +184,45 @@ mod tests {
     fn numeric_lookup_gives_both_socket_types() {
         let l = lookup(Some("127.0.0.1"), Some("80"), AddrInfoHints::default()).unwrap();
         assert_eq!(l.entries.len(), 2);
-        assert!(l.entries.iter().all(|e| e.addr == "127.0.0.1:80".parse().unwrap()));
+        assert!(
+            l.entries
+                .iter()
+                .all(|e| e.addr == "127.0.0.1:80".parse().unwrap())
+        );
     }
 
     #[test]
     fn named_service_and_family_filter() {
-        let hints = AddrInfoHints { family: Some(Family::V6), socket_type: Some(SOCK_STREAM), passive: false };
+        let hints = AddrInfoHints {
+            family: Some(Family::V6),
+            socket_type: Some(SOCK_STREAM),
+            passive: false,
+        };
         let l = lookup(None, Some("http"), hints).unwrap();
-        assert_eq!(l.entries, vec![AddrInfo {
-            family: Family::V6,
-            socket_type: SOCK_STREAM,
-            protocol: IPPROTO_TCP,
-            addr: "[::1]:80".parse().unwrap()
-        }]);
+        assert_eq!(
+            l.entries,
+            vec![AddrInfo {
+                family: Family::V6,
+                socket_type: SOCK_STREAM,
+                protocol: IPPROTO_TCP,
+                addr: "[::1]:80".parse().unwrap()
+            }]
+        );
     }
 
     #[test]
     fn bad_inputs_are_rejected() {
-        assert_eq!(lookup(None, None, AddrInfoHints::default()), Err(Error::InvalidParameter("node and service are both absent")));
-        assert_eq!(lookup(Some("127.0.0.1"), Some("no-such-service"), AddrInfoHints::default()), Err(Error::NameNotFound));
+        assert_eq!(
+            lookup(None, None, AddrInfoHints::default()),
+            Err(Error::InvalidParameter("node and service are both absent"))
+        );
+        assert_eq!(
+            lookup(
+                Some("127.0.0.1"),
+                Some("no-such-service"),
+                AddrInfoHints::default()
+            ),
+            Err(Error::NameNotFound)
+        );
     }
 }

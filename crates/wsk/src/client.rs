@@ -77,10 +77,30 @@ impl Transport {
 }
 
 const TRANSPORTS: [Transport; 4] = [
-    Transport { version: 0, socket_type: SOCK_STREAM, protocol: IPPROTO_TCP, address_family: crate::socket::AF_INET },
-    Transport { version: 0, socket_type: SOCK_STREAM, protocol: IPPROTO_TCP, address_family: crate::socket::AF_INET6 },
-    Transport { version: 0, socket_type: SOCK_DGRAM, protocol: IPPROTO_UDP, address_family: crate::socket::AF_INET },
-    Transport { version: 0, socket_type: SOCK_DGRAM, protocol: IPPROTO_UDP, address_family: crate::socket::AF_INET6 },
+    Transport {
+        version: 0,
+        socket_type: SOCK_STREAM,
+        protocol: IPPROTO_TCP,
+        address_family: crate::socket::AF_INET,
+    },
+    Transport {
+        version: 0,
+        socket_type: SOCK_STREAM,
+        protocol: IPPROTO_TCP,
+        address_family: crate::socket::AF_INET6,
+    },
+    Transport {
+        version: 0,
+        socket_type: SOCK_DGRAM,
+        protocol: IPPROTO_UDP,
+        address_family: crate::socket::AF_INET,
+    },
+    Transport {
+        version: 0,
+        socket_type: SOCK_DGRAM,
+        protocol: IPPROTO_UDP,
+        address_family: crate::socket::AF_INET6,
+    },
 ];
 
 /// Provider-wide counters (monotonic).
@@ -125,11 +145,13 @@ impl SubsystemInner {
         let mut r = self.resolver.lock();
         if r.is_none() {
             let (tx, rx) = mpsc::channel::<Job>();
-            let spawned = std::thread::Builder::new().name("wsk-resolver".into()).spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name("wsk-resolver".into())
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                });
             if spawned.is_err() {
                 drop(r);
                 job();
@@ -137,11 +159,11 @@ impl SubsystemInner {
             }
             *r = Some(tx);
         }
-        if let Some(tx) = r.as_ref() {
-            if let Err(mpsc::SendError(job)) = tx.send(job) {
-                drop(r);
-                job();
-            }
+        if let Some(tx) = r.as_ref()
+            && let Err(mpsc::SendError(job)) = tx.send(job)
+        {
+            drop(r);
+            job();
         }
     }
 }
@@ -164,7 +186,9 @@ pub struct Subsystem {
 
 impl fmt::Debug for Subsystem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subsystem").field("io_threads", &self.inner.reactor.thread_count()).finish()
+        f.debug_struct("Subsystem")
+            .field("io_threads", &self.inner.reactor.thread_count())
+            .finish()
     }
 }
 
@@ -279,7 +303,10 @@ impl ClientCore {
         st.sockets += 1;
         st.outstanding += 1;
         st.created_any = true;
-        Ok(SocketTicket { owner: self.clone(), socket: true })
+        Ok(SocketTicket {
+            owner: self.clone(),
+            socket: true,
+        })
     }
 
     /// Count an operation in flight that holds no socket (a name lookup).
@@ -289,7 +316,10 @@ impl ClientCore {
             return Err(Error::DeviceNotReady);
         }
         st.outstanding += 1;
-        Ok(SocketTicket { owner: self.clone(), socket: false })
+        Ok(SocketTicket {
+            owner: self.clone(),
+            socket: false,
+        })
     }
 
     pub(crate) fn static_events(&self) -> EventMask {
@@ -321,7 +351,9 @@ pub struct WskClient {
 
 impl fmt::Debug for WskClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WskClient").field("open_sockets", &self.open_sockets()).finish()
+        f.debug_struct("WskClient")
+            .field("open_sockets", &self.open_sockets())
+            .finish()
     }
 }
 
@@ -332,7 +364,9 @@ fn category_of(flags: u32) -> Result<Category> {
         WSK_FLAG_CONNECTION_SOCKET => Ok(Category::Connection),
         WSK_FLAG_DATAGRAM_SOCKET => Ok(Category::Datagram),
         WSK_FLAG_STREAM_SOCKET => Err(Error::Unsupported("socket category (stream sockets)")),
-        _ => Err(Error::InvalidParameter("flags must name exactly one socket category")),
+        _ => Err(Error::InvalidParameter(
+            "flags must name exactly one socket category",
+        )),
     }
 }
 
@@ -380,11 +414,25 @@ impl WskClient {
 
     /// `WskSocket`: create a socket. `family` is `AF_INET`/`AF_INET6`, `flags` one
     /// `WSK_FLAG_*_SOCKET`, `dispatch` the socket's event table (must match the category).
-    pub fn socket(&self, family: u16, socket_type: u16, protocol: u32, flags: u32, dispatch: SocketDispatch) -> Op<Socket> {
+    pub fn socket(
+        &self,
+        family: u16,
+        socket_type: u16,
+        protocol: u32,
+        flags: u32,
+        dispatch: SocketDispatch,
+    ) -> Op<Socket> {
         Op::ready(self.create(family, socket_type, protocol, flags, dispatch))
     }
 
-    fn create(&self, family: u16, socket_type: u16, protocol: u32, flags: u32, dispatch: SocketDispatch) -> Result<Socket> {
+    fn create(
+        &self,
+        family: u16,
+        socket_type: u16,
+        protocol: u32,
+        flags: u32,
+        dispatch: SocketDispatch,
+    ) -> Result<Socket> {
         let family = Family::from_raw(family)?;
         let category = category_of(flags)?;
         check_type(category, socket_type, protocol)?;
@@ -396,29 +444,68 @@ impl WskClient {
                 | (SocketDispatch::Datagram(_), Category::Datagram)
         );
         if !ok {
-            return Err(Error::InvalidParameter("dispatch table does not match the socket category"));
+            return Err(Error::InvalidParameter(
+                "dispatch table does not match the socket category",
+            ));
         }
         let core = SocketCore::create(&self.core, category, family, dispatch)?;
-        self.core.sub.counters.sockets_opened.fetch_add(1, Ordering::Relaxed);
+        self.core
+            .sub
+            .counters
+            .sockets_opened
+            .fetch_add(1, Ordering::Relaxed);
         Ok(Socket::from_core(core))
     }
 
     /// Typed `WskSocket` for a listening socket.
-    pub fn listen_socket(&self, family: Family, events: Option<Arc<dyn crate::ListenEvents>>) -> Result<ListenSocket> {
+    pub fn listen_socket(
+        &self,
+        family: Family,
+        events: Option<Arc<dyn crate::ListenEvents>>,
+    ) -> Result<ListenSocket> {
         let d = events.map_or(SocketDispatch::None, SocketDispatch::Listen);
-        self.create(raw_family(family), SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_LISTEN_SOCKET, d)?.into_listen()
+        self.create(
+            raw_family(family),
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_LISTEN_SOCKET,
+            d,
+        )?
+        .into_listen()
     }
 
     /// Typed `WskSocket` for a connection socket.
-    pub fn connection_socket(&self, family: Family, events: Option<Arc<dyn crate::ConnectionEvents>>) -> Result<ConnectionSocket> {
+    pub fn connection_socket(
+        &self,
+        family: Family,
+        events: Option<Arc<dyn crate::ConnectionEvents>>,
+    ) -> Result<ConnectionSocket> {
         let d = events.map_or(SocketDispatch::None, SocketDispatch::Connection);
-        self.create(raw_family(family), SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_CONNECTION_SOCKET, d)?.into_connection()
+        self.create(
+            raw_family(family),
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_CONNECTION_SOCKET,
+            d,
+        )?
+        .into_connection()
     }
 
     /// Typed `WskSocket` for a datagram socket.
-    pub fn datagram_socket(&self, family: Family, events: Option<Arc<dyn crate::DatagramEvents>>) -> Result<DatagramSocket> {
+    pub fn datagram_socket(
+        &self,
+        family: Family,
+        events: Option<Arc<dyn crate::DatagramEvents>>,
+    ) -> Result<DatagramSocket> {
         let d = events.map_or(SocketDispatch::None, SocketDispatch::Datagram);
-        self.create(raw_family(family), SOCK_DGRAM, IPPROTO_UDP, WSK_FLAG_DATAGRAM_SOCKET, d)?.into_datagram()
+        self.create(
+            raw_family(family),
+            SOCK_DGRAM,
+            IPPROTO_UDP,
+            WSK_FLAG_DATAGRAM_SOCKET,
+            d,
+        )?
+        .into_datagram()
     }
 
     /// `WskSocketConnect`: create, bind to `local` and connect to `remote` in one step. The
@@ -471,7 +558,10 @@ impl WskClient {
                 if output.len() < needed {
                     return Err(Error::BufferOverflow { needed });
                 }
-                for (t, chunk) in TRANSPORTS.iter().zip(output.chunks_mut(Transport::ENCODED_LEN)) {
+                for (t, chunk) in TRANSPORTS
+                    .iter()
+                    .zip(output.chunks_mut(Transport::ENCODED_LEN))
+                {
                     t.encode(chunk);
                 }
                 Ok(needed)
@@ -482,15 +572,19 @@ impl WskClient {
                 }
                 let npi = &input[..16];
                 if npi != crate::npi::NPI_WSK_INTERFACE_ID_BYTES {
-                    return Err(Error::InvalidParameter("NpiId must be NPI_WSK_INTERFACE_ID"));
+                    return Err(Error::InvalidParameter(
+                        "NpiId must be NPI_WSK_INTERFACE_ID",
+                    ));
                 }
                 let mask = u32::from_le_bytes([input[16], input[17], input[18], input[19]]);
                 self.set_static_event_callbacks(EventMask(mask))?;
                 Ok(0)
             }
-            WSK_TRANSPORT_LIST_CHANGE | WSK_CACHE_SD | WSK_RELEASE_SD | WSK_TDI_DEVICENAME_MAPPING | WSK_TDI_BEHAVIOR => {
-                Err(Error::NotImplemented)
-            }
+            WSK_TRANSPORT_LIST_CHANGE
+            | WSK_CACHE_SD
+            | WSK_RELEASE_SD
+            | WSK_TDI_DEVICENAME_MAPPING
+            | WSK_TDI_BEHAVIOR => Err(Error::NotImplemented),
             _ => Err(Error::InvalidParameter("unknown control code")),
         }
     }
@@ -498,13 +592,19 @@ impl WskClient {
     /// Typed `WSK_SET_STATIC_EVENT_CALLBACKS`: enable these events on every socket created
     /// from now on that has a matching dispatch table. Only before the first socket.
     pub fn set_static_event_callbacks(&self, mask: EventMask) -> Result<()> {
-        let all = EventMask::ACCEPT | EventMask::RECEIVE | EventMask::DISCONNECT | EventMask::RECEIVE_FROM | EventMask::SEND_BACKLOG;
+        let all = EventMask::ACCEPT
+            | EventMask::RECEIVE
+            | EventMask::DISCONNECT
+            | EventMask::RECEIVE_FROM
+            | EventMask::SEND_BACKLOG;
         if mask.0 & !all.0 != 0 {
             return Err(Error::InvalidParameter("unknown event bits"));
         }
         let mut st = self.core.state.lock();
         if st.created_any {
-            return Err(Error::InvalidState("static event callbacks must be set before the first socket"));
+            return Err(Error::InvalidState(
+                "static event callbacks must be set before the first socket",
+            ));
         }
         st.static_events = mask;
         Ok(())
@@ -516,7 +616,12 @@ impl WskClient {
     }
 
     /// `WskGetAddressInfo`: resolve on the resolver thread.
-    pub fn get_address_info(&self, node: Option<&str>, service: Option<&str>, hints: AddrInfoHints) -> Op<AddrInfoList> {
+    pub fn get_address_info(
+        &self,
+        node: Option<&str>,
+        service: Option<&str>,
+        hints: AddrInfoHints,
+    ) -> Op<AddrInfoList> {
         let node = node.map(str::to_owned);
         let service = service.map(str::to_owned);
         let ticket = match self.core.op_started() {
@@ -557,4 +662,3 @@ fn raw_family(f: Family) -> u16 {
         Family::V6 => crate::socket::AF_INET6,
     }
 }
-

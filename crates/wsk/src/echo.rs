@@ -21,11 +21,16 @@
 //! # Ok(()) }
 //! ```
 
-use crate::events::{ConnectionEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict, SocketDispatch};
+use crate::events::{
+    ConnectionEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict, SocketDispatch,
+};
 use crate::npi::WSK_VERSION_1_0;
 use crate::provider::WskClientDispatch;
 use crate::registration::{WskProviderNpi, WskRegistration};
-use crate::socket::{Accepted, ConnectionRef, ConnectionSocket, Family, IPPROTO_TCP, ListenRef, ListenSocket, SOCK_STREAM, Transfer};
+use crate::socket::{
+    Accepted, ConnectionRef, ConnectionSocket, Family, IPPROTO_TCP, ListenRef, ListenSocket,
+    SOCK_STREAM, Transfer,
+};
 use crate::{Error, Op, Result, SockOpt, SocketControl};
 use nmr::Registrar;
 use parking_lot::{Condvar, Mutex};
@@ -110,7 +115,8 @@ impl EchoConn {
         if let Some(sh) = self.shared.upgrade() {
             let entry = sh.conns.lock().remove(&self.id);
             if let Some((sock, conn)) = entry {
-                sh.closed_bytes.fetch_add(conn.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                sh.closed_bytes
+                    .fetch_add(conn.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
                 drop(sock);
             }
         }
@@ -150,9 +156,13 @@ impl ListenEvents for EchoListen {
             bytes: AtomicU64::new(0),
         });
         let s = acc.socket;
-        let _ = s.control(SocketControl::SetOption(SockOpt::NoDelay, 1));
-        if s.set_dispatch(SocketDispatch::Connection(Arc::new(EchoConnEvents(conn.clone())))).is_err()
-            || s.enable_events(EventMask::RECEIVE | EventMask::DISCONNECT).is_err()
+        drop(s.control(SocketControl::SetOption(SockOpt::NoDelay, 1)));
+        if s.set_dispatch(SocketDispatch::Connection(Arc::new(EchoConnEvents(
+            conn.clone(),
+        ))))
+        .is_err()
+            || s.enable_events(EventMask::RECEIVE | EventMask::DISCONNECT)
+                .is_err()
         {
             return;
         }
@@ -173,7 +183,9 @@ pub struct EchoServer {
 
 impl std::fmt::Debug for EchoShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EchoShared").field("connections", &self.connections.load(Ordering::Relaxed)).finish()
+        f.debug_struct("EchoShared")
+            .field("connections", &self.connections.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -184,11 +196,20 @@ impl EchoServer {
         let reg = WskRegistration::register(registrar, WskClientDispatch::new(WSK_VERSION_1_0))?;
         let npi = reg.capture_provider_npi(CAPTURE_WAIT_MS)?;
         let shared = Arc::new(EchoShared::default());
-        let listener = npi.listen_socket(Family::of(&bind), Some(Arc::new(EchoListen(Arc::downgrade(&shared)))))?;
+        let listener = npi.listen_socket(
+            Family::of(&bind),
+            Some(Arc::new(EchoListen(Arc::downgrade(&shared)))),
+        )?;
         listener.bind(bind).wait()?;
         listener.enable_events(EventMask::ACCEPT)?;
         let addr = listener.local_address()?;
-        Ok(EchoServer { reg: Some(reg), npi: Some(npi), listener: Some(listener), shared, addr })
+        Ok(EchoServer {
+            reg: Some(reg),
+            npi: Some(npi),
+            listener: Some(listener),
+            shared,
+            addr,
+        })
     }
 
     /// The address it listens on.
@@ -200,7 +221,10 @@ impl EchoServer {
     pub fn stats(&self) -> EchoStats {
         let s = &self.shared;
         let conns = s.conns.lock();
-        let live: u64 = conns.values().map(|(_, c)| c.bytes.load(Ordering::Relaxed)).sum();
+        let live: u64 = conns
+            .values()
+            .map(|(_, c)| c.bytes.load(Ordering::Relaxed))
+            .sum();
         EchoStats {
             connections: s.connections.load(Ordering::Relaxed),
             active: conns.len() as u64,
@@ -244,7 +268,10 @@ pub struct LoadConfig {
 
 impl Default for LoadConfig {
     fn default() -> Self {
-        LoadConfig { connections: 8, message_size: 64 }
+        LoadConfig {
+            connections: 8,
+            message_size: 64,
+        }
     }
 }
 
@@ -310,7 +337,9 @@ struct Tally {
 
 impl Run {
     fn should_stop(&self, t: &Tally) -> bool {
-        t.requests >= self.max_requests || t.sent >= self.max_bytes || Instant::now() >= self.deadline
+        t.requests >= self.max_requests
+            || t.sent >= self.max_bytes
+            || Instant::now() >= self.deadline
     }
 
     fn finished(&self, conn: &Arc<LoadConn>, bufs: Bufs, tally: Tally) {
@@ -370,7 +399,13 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
                 let op = conn.socket.send(send);
                 let next = move |r: Result<Transfer>| match r {
                     Ok(t) => Step::Receive(Bufs { send: t.buf, recv }, tally, 0),
-                    Err(_) => Step::Failed(Bufs { send: Vec::new(), recv }, tally),
+                    Err(_) => Step::Failed(
+                        Bufs {
+                            send: Vec::new(),
+                            recv,
+                        },
+                        tally,
+                    ),
                 };
                 match settle(op, &conn, &run, next) {
                     Some(next) => next,
@@ -387,7 +422,15 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
                     let t = match r {
                         Ok(t) if t.bytes > 0 => t,
                         Ok(t) => return Step::Failed(Bufs { send, recv: t.buf }, tally),
-                        Err(_) => return Step::Failed(Bufs { send, recv: Vec::new() }, tally),
+                        Err(_) => {
+                            return Step::Failed(
+                                Bufs {
+                                    send,
+                                    recv: Vec::new(),
+                                },
+                                tally,
+                            );
+                        }
                     };
                     if !t.data().iter().all(|&b| b == fill) {
                         tally.errors += 1;
@@ -415,7 +458,12 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
 
 /// If `op` already completed, map its result now; otherwise continue `drive` from its
 /// completion routine and return `None`.
-fn settle(op: Op<Transfer>, conn: &Arc<LoadConn>, run: &Arc<Run>, next: impl FnOnce(Result<Transfer>) -> Step + Send + 'static) -> Option<Step> {
+fn settle(
+    op: Op<Transfer>,
+    conn: &Arc<LoadConn>,
+    run: &Arc<Run>,
+    next: impl FnOnce(Result<Transfer>) -> Step + Send + 'static,
+) -> Option<Step> {
     if op.is_complete() {
         return Some(next(op.wait()));
     }
@@ -435,16 +483,24 @@ pub struct LoadClient {
 
 impl std::fmt::Debug for LoadConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadConn").field("socket", &self.socket).finish()
+        f.debug_struct("LoadConn")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
 impl LoadClient {
     /// Register as a WSK application and open `cfg.connections` connections to `target`
     /// with `WskSocketConnect`.
-    pub fn connect(registrar: &Registrar, target: SocketAddr, cfg: LoadConfig) -> Result<LoadClient> {
+    pub fn connect(
+        registrar: &Registrar,
+        target: SocketAddr,
+        cfg: LoadConfig,
+    ) -> Result<LoadClient> {
         if cfg.connections == 0 || cfg.message_size == 0 {
-            return Err(Error::InvalidParameter("connections and message_size must be positive"));
+            return Err(Error::InvalidParameter(
+                "connections and message_size must be positive",
+            ));
         }
         let reg = WskRegistration::register(registrar, WskClientDispatch::new(WSK_VERSION_1_0))?;
         let npi = reg.capture_provider_npi(CAPTURE_WAIT_MS)?;
@@ -452,25 +508,51 @@ impl LoadClient {
             Family::V4 => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
             Family::V6 => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
         };
-        let ops: Vec<_> = (0..cfg.connections).map(|_| npi.socket_connect(SOCK_STREAM, IPPROTO_TCP, local, target, 0, None)).collect();
+        let ops: Vec<_> = (0..cfg.connections)
+            .map(|_| npi.socket_connect(SOCK_STREAM, IPPROTO_TCP, local, target, 0, None))
+            .collect();
         let mut conns = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
             let socket = op.wait()?;
-            socket.control(SocketControl::SetOption(SockOpt::NoDelay, 1)).wait()?;
+            socket
+                .control(SocketControl::SetOption(SockOpt::NoDelay, 1))
+                .wait()?;
             let fill = (i % 251) as u8 + 1;
-            let bufs = Bufs { send: vec![fill; cfg.message_size], recv: Vec::with_capacity(cfg.message_size.min(256 << 10)) };
-            conns.push(Arc::new(LoadConn { socket, fill, bufs: Mutex::new(Some(bufs)), broken: AtomicBool::new(false) }));
+            let bufs = Bufs {
+                send: vec![fill; cfg.message_size],
+                recv: Vec::with_capacity(cfg.message_size.min(256 << 10)),
+            };
+            conns.push(Arc::new(LoadConn {
+                socket,
+                fill,
+                bufs: Mutex::new(Some(bufs)),
+                broken: AtomicBool::new(false),
+            }));
         }
-        Ok(LoadClient { reg: Some(reg), npi: Some(npi), conns, cfg })
+        Ok(LoadClient {
+            reg: Some(reg),
+            npi: Some(npi),
+            conns,
+            cfg,
+        })
     }
 
     /// Run round trips on every connection until `limit`; returns what happened. Broken
     /// connections (errors) are skipped in later runs.
     pub fn run(&self, limit: RunLimit) -> LoadStats {
         let none = limit.duration.is_none() && limit.requests.is_none() && limit.bytes.is_none();
-        let duration = limit.duration.unwrap_or(if none { Duration::from_secs(1) } else { Duration::from_secs(3600) });
+        let duration = limit.duration.unwrap_or(if none {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(3600)
+        });
         let start = Instant::now();
-        let live: Vec<_> = self.conns.iter().filter(|c| !c.broken.load(Ordering::Acquire)).cloned().collect();
+        let live: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|c| !c.broken.load(Ordering::Acquire))
+            .cloned()
+            .collect();
         let n = live.len().max(1) as u64;
         let run = Arc::new(Run {
             deadline: start + duration,
@@ -481,7 +563,10 @@ impl LoadClient {
             done: Condvar::new(),
         });
         for c in &live {
-            let mut bufs = c.bufs.lock().take().unwrap_or_else(|| Bufs { send: Vec::new(), recv: Vec::new() });
+            let mut bufs = c.bufs.lock().take().unwrap_or_else(|| Bufs {
+                send: Vec::new(),
+                recv: Vec::new(),
+            });
             if bufs.send.len() != self.cfg.message_size {
                 bufs.send = vec![c.fill; self.cfg.message_size];
             }
@@ -534,7 +619,12 @@ impl Drop for LoadClient {
 }
 
 /// Connect, run once, close: the whole load-client lifecycle.
-pub fn run_load(registrar: &Registrar, target: SocketAddr, cfg: &LoadConfig, limit: RunLimit) -> Result<LoadStats> {
+pub fn run_load(
+    registrar: &Registrar,
+    target: SocketAddr,
+    cfg: &LoadConfig,
+    limit: RunLimit,
+) -> Result<LoadStats> {
     let client = LoadClient::connect(registrar, target, *cfg)?;
     let stats = client.run(limit);
     client.close();

@@ -27,10 +27,12 @@
 //! Only IPv4/IPv6 TCP and UDP are supported; stream sockets (`WSK_FLAG_STREAM_SOCKET`) are
 //! refused with `NOT_SUPPORTED`.
 
+#![deny(unsafe_code)]
+
 mod addrinfo;
 mod client;
-mod error;
 pub mod echo;
+mod error;
 mod events;
 pub mod npi;
 pub use npi::WskProviderCharacteristics;
@@ -40,26 +42,31 @@ mod reactor;
 mod registration;
 mod socket;
 mod status;
+#[expect(unsafe_code, reason = "the two OS calls std and socket2 do not wrap safely")]
 mod sys;
 
 pub use addrinfo::{AddrInfo, AddrInfoHints, AddrInfoList, NameInfo, NameInfoFlags};
 pub use client::{
-    CounterSnapshot, Subsystem, Transport, WSK_CACHE_SD, WSK_RELEASE_SD, WSK_SET_STATIC_EVENT_CALLBACKS,
-    WSK_TDI_BEHAVIOR, WSK_TDI_DEVICENAME_MAPPING, WSK_TRANSPORT_LIST_CHANGE, WSK_TRANSPORT_LIST_QUERY, WskClient,
+    CounterSnapshot, Subsystem, Transport, WSK_CACHE_SD, WSK_RELEASE_SD,
+    WSK_SET_STATIC_EVENT_CALLBACKS, WSK_TDI_BEHAVIOR, WSK_TDI_DEVICENAME_MAPPING,
+    WSK_TRANSPORT_LIST_CHANGE, WSK_TRANSPORT_LIST_QUERY, WskClient,
 };
 pub use error::{Error, Result};
 pub use events::{
-    ConnectionEvents, DatagramEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict, SocketDispatch,
+    ConnectionEvents, DatagramEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict,
+    SocketDispatch,
 };
 pub use op::Op;
-pub use socket::{
-    AF_INET, AF_INET6, Accepted, BasicRef, BasicSocket, Category, ConnectionRef, ConnectionSocket, Datagram,
-    DatagramRef, DatagramSocket, Disconnect, Family, IPPROTO_TCP, IPPROTO_UDP, ListenRef, ListenSocket, SOCK_DGRAM,
-    SOCK_STREAM, SockOpt, Socket, SocketControl, Transfer, WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET,
-    WSK_FLAG_DATAGRAM_SOCKET, WSK_FLAG_LISTEN_SOCKET, WSK_FLAG_STREAM_SOCKET,
-};
 pub use provider::{
-    ClientEventFn, NPI_WSK_INTERFACE_ID, ProviderConfig, WSK_PROVIDER_MODULE_ID, WskClientDispatch, WskNpi, WskProvider,
+    ClientEventFn, NPI_WSK_INTERFACE_ID, ProviderConfig, WSK_PROVIDER_MODULE_ID, WskClientDispatch,
+    WskNpi, WskProvider,
 };
 pub use registration::{WSK_INFINITE_WAIT, WSK_NO_WAIT, WskProviderNpi, WskRegistration};
+pub use socket::{
+    AF_INET, AF_INET6, Accepted, BasicRef, BasicSocket, Category, ConnectionRef, ConnectionSocket,
+    Datagram, DatagramRef, DatagramSocket, Disconnect, Family, IPPROTO_TCP, IPPROTO_UDP, ListenRef,
+    ListenSocket, SOCK_DGRAM, SOCK_STREAM, SockOpt, Socket, SocketControl, Transfer,
+    WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET, WSK_FLAG_DATAGRAM_SOCKET,
+    WSK_FLAG_LISTEN_SOCKET, WSK_FLAG_STREAM_SOCKET,
+};
 pub use status::Status;

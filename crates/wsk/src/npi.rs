@@ -2,8 +2,9 @@
 
 /// `NPI_WSK_INTERFACE_ID` = {2227E803-8D8B-11D4-ABAD-009027719E09}, as the 16 bytes of a
 /// `GUID` in memory (little-endian `Data1..Data3`).
-pub const NPI_WSK_INTERFACE_ID_BYTES: [u8; 16] =
-    [0x03, 0xE8, 0x27, 0x22, 0x8B, 0x8D, 0xD4, 0x11, 0xAB, 0xAD, 0x00, 0x90, 0x27, 0x71, 0x9E, 0x09];
+pub const NPI_WSK_INTERFACE_ID_BYTES: [u8; 16] = [
+    0x03, 0xE8, 0x27, 0x22, 0x8B, 0x8D, 0xD4, 0x11, 0xAB, 0xAD, 0x00, 0x90, 0x27, 0x71, 0x9E, 0x09,
+];
 
 /// `MAKE_WSK_VERSION(major, minor)`.
 pub const fn make_wsk_version(major: u8, minor: u8) -> u16 {
@@ -39,12 +40,15 @@ impl WskProviderCharacteristics {
     pub fn negotiate(&self, requested: u16) -> Option<u16> {
         let major = wsk_major_version(requested);
         for v in [self.highest_version, self.lowest_version] {
-            if wsk_major_version(v) == major && wsk_minor_version(v) >= wsk_minor_version(requested) {
+            if wsk_major_version(v) == major && wsk_minor_version(v) >= wsk_minor_version(requested)
+            {
                 return Some(v);
             }
         }
         // Any version between lowest and highest with that major and a high enough minor.
-        if wsk_major_version(self.lowest_version) <= major && major <= wsk_major_version(self.highest_version) {
+        if wsk_major_version(self.lowest_version) <= major
+            && major <= wsk_major_version(self.highest_version)
+        {
             let top_minor = if major == wsk_major_version(self.highest_version) {
                 wsk_minor_version(self.highest_version)
             } else {
@@ -64,9 +68,18 @@ mod tests {
 
     #[test]
     fn version_rule_same_major_minor_at_least() {
-        let c = WskProviderCharacteristics { highest_version: make_wsk_version(1, 2), lowest_version: make_wsk_version(1, 0) };
-        assert_eq!(c.negotiate(make_wsk_version(1, 0)), Some(make_wsk_version(1, 2)));
-        assert_eq!(c.negotiate(make_wsk_version(1, 2)), Some(make_wsk_version(1, 2)));
+        let c = WskProviderCharacteristics {
+            highest_version: make_wsk_version(1, 2),
+            lowest_version: make_wsk_version(1, 0),
+        };
+        assert_eq!(
+            c.negotiate(make_wsk_version(1, 0)),
+            Some(make_wsk_version(1, 2))
+        );
+        assert_eq!(
+            c.negotiate(make_wsk_version(1, 2)),
+            Some(make_wsk_version(1, 2))
+        );
         assert_eq!(c.negotiate(make_wsk_version(1, 3)), None);
         assert_eq!(c.negotiate(make_wsk_version(2, 0)), None);
         assert_eq!(c.negotiate(make_wsk_version(0, 9)), None);

@@ -59,7 +59,11 @@ impl<T> Shared<T> {
     fn finish(&self, result: Result<T>) -> bool {
         let mut st = self.state.lock();
         match std::mem::replace(&mut *st, State::Taken) {
-            State::Pending { waker, routine, cancel } => {
+            State::Pending {
+                waker,
+                routine,
+                cancel,
+            } => {
                 drop(cancel);
                 if let Some(routine) = routine {
                     drop(st);
@@ -123,10 +127,22 @@ impl<T: Send + 'static> Op<T> {
 
     fn with_hook(cancel: Option<CancelHook>) -> (Op<T>, Completer<T>) {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::Pending { waker: None, routine: None, cancel }),
+            state: Mutex::new(State::Pending {
+                waker: None,
+                routine: None,
+                cancel,
+            }),
             cond: Condvar::new(),
         });
-        (Op { inner: Inner::Shared(shared.clone()), returned: Status::PENDING }, Completer { shared: Some(shared) })
+        (
+            Op {
+                inner: Inner::Shared(shared.clone()),
+                returned: Status::PENDING,
+            },
+            Completer {
+                shared: Some(shared),
+            },
+        )
     }
 
     /// An operation that already completed (the call "returned" its status).
@@ -135,7 +151,10 @@ impl<T: Send + 'static> Op<T> {
             Ok(_) => Status::SUCCESS,
             Err(e) => e.status(),
         };
-        Op { inner: Inner::Ready(Some(result)), returned }
+        Op {
+            inner: Inner::Ready(Some(result)),
+            returned,
+        }
     }
 
     /// The status the WSK function returned when it was called: `SUCCESS` (finished inline),
@@ -155,7 +174,9 @@ impl<T: Send + 'static> Op<T> {
     /// Ask the provider to cancel the operation. A still-pending operation completes with
     /// [`Error::Cancelled`]; a finished one is unaffected. Never blocks.
     pub fn cancel(&self) {
-        let Inner::Shared(shared) = &self.inner else { return };
+        let Inner::Shared(shared) = &self.inner else {
+            return;
+        };
         let hook = match &mut *shared.state.lock() {
             State::Pending { cancel, .. } => cancel.take(),
             _ => return,
@@ -292,7 +313,10 @@ impl<T> fmt::Debug for Op<T> {
                 State::Taken => "consumed",
             },
         };
-        f.debug_struct("Op").field("returned", &self.returned).field("state", &state).finish()
+        f.debug_struct("Op")
+            .field("returned", &self.returned)
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -308,16 +332,18 @@ impl<T> Completer<T> {
     /// Install the hook [`Op::cancel`] runs; it must complete the operation (usually by
     /// removing it from a socket queue and completing it with `Cancelled`).
     pub(crate) fn set_cancel(&self, hook: impl FnOnce() + Send + 'static) {
-        if let Some(s) = &self.shared {
-            if let State::Pending { cancel, .. } = &mut *s.state.lock() {
-                *cancel = Some(CancelHook::Fn(Box::new(hook)));
-            }
+        if let Some(s) = &self.shared
+            && let State::Pending { cancel, .. } = &mut *s.state.lock()
+        {
+            *cancel = Some(CancelHook::Fn(Box::new(hook)));
         }
     }
 
     /// Identity of the operation, to find it in a queue.
     pub(crate) fn id(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| Arc::as_ptr(s) as *const () as usize)
+        self.shared
+            .as_ref()
+            .map_or(0, |s| Arc::as_ptr(s) as *const () as usize)
     }
 }
 
@@ -383,7 +409,10 @@ mod tests {
 
     #[test]
     fn returned_status_is_what_the_call_said_first() {
-        assert_eq!(Op::<u32>::ready(Err(Error::AddressInUse)).returned(), Status::ADDRESS_ALREADY_EXISTS);
+        assert_eq!(
+            Op::<u32>::ready(Err(Error::AddressInUse)).returned(),
+            Status::ADDRESS_ALREADY_EXISTS
+        );
         assert_eq!(Op::ready(Ok(1u32)).returned(), Status::SUCCESS);
         let (op, c) = Op::<u32>::pending();
         c.complete(Ok(2));

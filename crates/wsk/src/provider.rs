@@ -14,7 +14,9 @@
 use crate::client::{CounterSnapshot, Subsystem, WskClient};
 use crate::npi::{WSK_VERSION_1_0, WskProviderCharacteristics};
 use crate::{Result, Status};
-use nmr::typed::{Binding, Declined, DetachHold, ModuleInfo, Npi, PeerInfo, Provider, ProviderRegistration};
+use nmr::typed::{
+    Binding, Declined, DetachHold, ModuleInfo, Npi, PeerInfo, Provider, ProviderRegistration,
+};
 use nmr::{Guid, ModuleId, NpiId, Registrar};
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +25,8 @@ use std::sync::Arc;
 pub const NPI_WSK_INTERFACE_ID: NpiId = NpiId::from_u128(0x2227_E803_8D8B_11D4_ABAD_0090_2771_9E09);
 
 /// The module id this crate's provider registers with.
-pub const WSK_PROVIDER_MODULE_ID: ModuleId = ModuleId::Guid(Guid::from_u128(0x5753_4B00_0000_4000_8000_0000_0000_0001));
+pub const WSK_PROVIDER_MODULE_ID: ModuleId =
+    ModuleId::Guid(Guid::from_u128(0x5753_4B00_0000_4000_8000_0000_0000_0001));
 
 /// `PFN_WSK_CLIENT_EVENT`: `(EventType, Info) -> NTSTATUS`. No events are defined yet.
 pub type ClientEventFn = dyn Fn(u32, &[u8]) -> Status + Send + Sync;
@@ -40,14 +43,20 @@ pub struct WskClientDispatch {
 impl WskClientDispatch {
     /// A dispatch asking for `version`, with no client-event handler.
     pub fn new(version: u16) -> Self {
-        WskClientDispatch { version, client_event: None }
+        WskClientDispatch {
+            version,
+            client_event: None,
+        }
     }
 }
 
 impl fmt::Debug for WskClientDispatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WskClientDispatch")
-            .field("version", &format_args!("{}.{}", self.version >> 8, self.version & 0xFF))
+            .field(
+                "version",
+                &format_args!("{}.{}", self.version >> 8, self.version & 0xFF),
+            )
             .field("client_event", &self.client_event.is_some())
             .finish()
     }
@@ -81,7 +90,10 @@ impl Default for ProviderConfig {
     fn default() -> Self {
         ProviderConfig {
             io_threads: 2,
-            characteristics: WskProviderCharacteristics { highest_version: WSK_VERSION_1_0, lowest_version: WSK_VERSION_1_0 },
+            characteristics: WskProviderCharacteristics {
+                highest_version: WSK_VERSION_1_0,
+                lowest_version: WSK_VERSION_1_0,
+            },
         }
     }
 }
@@ -94,8 +106,14 @@ struct ProviderModule {
 impl Provider<WskNpi> for ProviderModule {
     type BindingContext = WskClient;
 
-    fn attach_client(&self, _peer: &PeerInfo<'_, ()>, client: Binding<WskClientDispatch>) -> Result<(WskClient, Arc<WskClient>), Declined> {
-        let requested = client.call(|d| d.version).map_err(|_| Declined::no_interface())?;
+    fn attach_client(
+        &self,
+        _peer: &PeerInfo<'_, ()>,
+        client: Binding<WskClientDispatch>,
+    ) -> Result<(WskClient, Arc<WskClient>), Declined> {
+        let requested = client
+            .call(|d| d.version)
+            .map_err(|_| Declined::no_interface())?;
         let Some(version) = self.chars.negotiate(requested) else {
             tracing::debug!(target: "wsk", requested, "refusing WSK version");
             return Err(Declined::no_interface());
@@ -135,7 +153,9 @@ pub struct WskProvider {
 
 impl fmt::Debug for WskProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WskProvider").field("subsystem", &self.sub).finish()
+        f.debug_struct("WskProvider")
+            .field("subsystem", &self.sub)
+            .finish()
     }
 }
 
@@ -144,10 +164,17 @@ impl WskProvider {
     /// registered attach before this returns.
     pub fn start(registrar: &Registrar, config: ProviderConfig) -> Result<WskProvider> {
         let sub = Subsystem::new(config.io_threads)?;
-        let module = Arc::new(ProviderModule { sub: sub.clone(), chars: config.characteristics });
+        let module = Arc::new(ProviderModule {
+            sub: sub.clone(),
+            chars: config.characteristics,
+        });
         let info = ModuleInfo::new(WSK_PROVIDER_MODULE_ID).named("wsk");
-        let registration = ProviderRegistration::register(registrar, info, Some(config.characteristics), module)?;
-        Ok(WskProvider { sub, registration: Some(registration) })
+        let registration =
+            ProviderRegistration::register(registrar, info, Some(config.characteristics), module)?;
+        Ok(WskProvider {
+            sub,
+            registration: Some(registration),
+        })
     }
 
     /// The I/O machinery (for counters, or for clients outside the registrar).
@@ -163,7 +190,10 @@ impl WskProvider {
     /// Deregister the provider: every client is detached; each detach stays pending until
     /// that client's sockets are closed. Wait on the result before dropping the subsystem.
     pub fn deregister(mut self) -> nmr::typed::Deregistration {
-        self.registration.take().expect("registered until deregistered").deregister()
+        self.registration
+            .take()
+            .expect("registered until deregistered")
+            .deregister()
     }
 
     /// Deregister and wait.

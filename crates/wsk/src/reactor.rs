@@ -68,7 +68,9 @@ pub(crate) struct Reactor {
 
 impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reactor").field("threads", &self.threads.len()).finish()
+        f.debug_struct("Reactor")
+            .field("threads", &self.threads.len())
+            .finish()
     }
 }
 
@@ -92,9 +94,19 @@ impl Reactor {
                 .name(format!("wsk-io-{i}"))
                 .spawn(move || run(poll, s2, c2))?;
             let id = join.thread().id();
-            threads.push(IoThread { registry, waker, shared, join: Mutex::new(Some(join)), id });
+            threads.push(IoThread {
+                registry,
+                waker,
+                shared,
+                join: Mutex::new(Some(join)),
+                id,
+            });
         }
-        Ok(Arc::new(Reactor { threads: threads.into(), next: AtomicUsize::new(0), counters }))
+        Ok(Arc::new(Reactor {
+            threads: threads.into(),
+            next: AtomicUsize::new(0),
+            counters,
+        }))
     }
 
     /// Number of I/O threads.
@@ -112,7 +124,11 @@ impl Reactor {
         let th = &self.threads[t];
         let key = th.shared.sources.lock().insert(core);
         let token = Token(key);
-        if let Err(e) = th.registry.register(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = th.registry.register(
+            &mut SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             th.shared.sources.lock().remove(key);
             return Err(e);
         }
@@ -153,10 +169,10 @@ impl Drop for Reactor {
         }
         let me = std::thread::current().id();
         for th in self.threads.iter() {
-            if let Some(j) = th.join.lock().take() {
-                if th.id != me {
-                    let _ = j.join();
-                }
+            if let Some(j) = th.join.lock().take()
+                && th.id != me
+            {
+                let _ = j.join();
             }
         }
     }

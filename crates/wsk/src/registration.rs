@@ -21,7 +21,10 @@ use crate::client::WskClient;
 use crate::npi::WskProviderCharacteristics;
 use crate::provider::{WskClientDispatch, WskNpi};
 use crate::{Error, Result};
-use nmr::typed::{Binding, Client, ClientAttach, ClientRegistration, Declined, DetachHold, ModuleInfo, OwnedCallGuard, PeerInfo};
+use nmr::typed::{
+    Binding, Client, ClientAttach, ClientRegistration, Declined, DetachHold, ModuleInfo,
+    OwnedCallGuard, PeerInfo,
+};
 use nmr::{Guid, ModuleId, Registrar};
 use parking_lot::{Condvar, Mutex};
 use std::fmt;
@@ -57,7 +60,11 @@ struct RegModule {
 impl Client<WskNpi> for RegModule {
     type BindingContext = ();
 
-    fn attach_provider(&self, peer: &PeerInfo<'_, WskProviderCharacteristics>, attach: &mut ClientAttach<'_, WskNpi>) -> Result<(), Declined> {
+    fn attach_provider(
+        &self,
+        peer: &PeerInfo<'_, WskProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, WskNpi>,
+    ) -> Result<(), Declined> {
         {
             let mut st = self.shared.state.lock();
             if st.deregistering || st.binding.is_some() {
@@ -117,12 +124,28 @@ impl WskRegistration {
     /// `WskRegister`: register a WSK application asking for `dispatch.version`. If the
     /// provider is registered it attaches before this returns; otherwise when it arrives.
     pub fn register(registrar: &Registrar, dispatch: WskClientDispatch) -> Result<WskRegistration> {
-        let shared = Arc::new(RegShared { state: Mutex::new(RegState::default()), cond: Condvar::new() });
-        let module = Arc::new(RegModule { shared: shared.clone(), dispatch: Arc::new(dispatch) });
+        let shared = Arc::new(RegShared {
+            state: Mutex::new(RegState::default()),
+            cond: Condvar::new(),
+        });
+        let module = Arc::new(RegModule {
+            shared: shared.clone(),
+            dispatch: Arc::new(dispatch),
+        });
         let n = NEXT_CLIENT_MODULE.fetch_add(1, Ordering::Relaxed);
-        let id = ModuleId::Guid(Guid::from_u128(0x5753_4B43_0000_4000_8000_0000_0000_0000 | u128::from(n)));
-        let nmr = ClientRegistration::register(registrar, ModuleInfo::new(id).named("wsk-app"), None, module)?;
-        Ok(WskRegistration { shared, nmr: Some(nmr) })
+        let id = ModuleId::Guid(Guid::from_u128(
+            0x5753_4B43_0000_4000_8000_0000_0000_0000 | u128::from(n),
+        ));
+        let nmr = ClientRegistration::register(
+            registrar,
+            ModuleInfo::new(id).named("wsk-app"),
+            None,
+            module,
+        )?;
+        Ok(WskRegistration {
+            shared,
+            nmr: Some(nmr),
+        })
     }
 
     /// `WskCaptureProviderNPI`: `wait_ms` is [`WSK_NO_WAIT`], [`WSK_INFINITE_WAIT`] or a
@@ -141,7 +164,10 @@ impl WskRegistration {
             }
             if let Some(guard) = st.binding.as_ref().and_then(Binding::enter_owned) {
                 st.captures += 1;
-                return Ok(WskProviderNpi { guard, shared: self.shared.clone() });
+                return Ok(WskProviderNpi {
+                    guard,
+                    shared: self.shared.clone(),
+                });
             }
             if st.rejected {
                 return Err(Error::NoInterface);
@@ -153,7 +179,11 @@ impl WskRegistration {
                         if st.binding.is_some() && !st.deregistering {
                             continue;
                         }
-                        return Err(if st.rejected && !st.deregistering { Error::NoInterface } else { Error::DeviceNotReady });
+                        return Err(if st.rejected && !st.deregistering {
+                            Error::NoInterface
+                        } else {
+                            Error::DeviceNotReady
+                        });
                     }
                 }
                 (_, None) => self.shared.cond.wait(&mut st),
@@ -241,6 +271,8 @@ impl Drop for WskProviderNpi {
 
 impl fmt::Debug for WskProviderNpi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WskProviderNpi").field("version", &self.guard.version()).finish()
+        f.debug_struct("WskProviderNpi")
+            .field("version", &self.guard.version())
+            .finish()
     }
 }

@@ -93,7 +93,9 @@ impl Category {
         match self {
             Category::Basic => EventMask::NONE,
             Category::Listen => EventMask::ACCEPT,
-            Category::Connection => EventMask::RECEIVE | EventMask::DISCONNECT | EventMask::SEND_BACKLOG,
+            Category::Connection => {
+                EventMask::RECEIVE | EventMask::DISCONNECT | EventMask::SEND_BACKLOG
+            }
             Category::Datagram => EventMask::RECEIVE_FROM,
         }
     }
@@ -120,7 +122,11 @@ impl Family {
 
     /// The family of an address.
     pub fn of(addr: &SocketAddr) -> Family {
-        if addr.is_ipv4() { Family::V4 } else { Family::V6 }
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
     }
 
     fn domain(self) -> Domain {
@@ -168,7 +174,11 @@ impl Datagram {
 
     /// `STATUS_SUCCESS`, or `STATUS_BUFFER_OVERFLOW` if truncated.
     pub fn status(&self) -> crate::Status {
-        if self.truncated { crate::Status::BUFFER_OVERFLOW } else { crate::Status::SUCCESS }
+        if self.truncated {
+            crate::Status::BUFFER_OVERFLOW
+        } else {
+            crate::Status::SUCCESS
+        }
     }
 }
 
@@ -412,18 +422,26 @@ impl SocketCore {
     }
 
     fn check_open(&self, g: &Guard<'_>) -> Result<()> {
-        if g.closed { Err(Error::SocketClosed) } else { Ok(()) }
+        if g.closed {
+            Err(Error::SocketClosed)
+        } else {
+            Ok(())
+        }
     }
 
     fn check_family(&self, addr: &SocketAddr) -> Result<()> {
         if Family::of(addr) != self.family {
-            return Err(Error::InvalidAddress("address family does not match the socket"));
+            return Err(Error::InvalidAddress(
+                "address family does not match the socket",
+            ));
         }
         Ok(())
     }
 
     fn register(self: &Arc<Self>, g: &mut Guard<'_>) -> Result<()> {
-        let fd = g.io.fd().ok_or(Error::InvalidState("socket has no descriptor"))?;
+        let fd =
+            g.io.fd()
+                .ok_or(Error::InvalidState("socket has no descriptor"))?;
         g.token = Some(self.reactor.register(self.thread, fd, self.clone())?);
         Ok(())
     }
@@ -447,46 +465,46 @@ impl SocketCore {
         {
             let mut g = self.inner.lock();
             let g = &mut *g;
-            if let Some(i) = g.recvs.iter().position(|(c, _)| c.id() == id) {
-                if let Some((c, _)) = g.recvs.remove(i) {
-                    done.push(Done::Xfer(c, Err(Error::Cancelled)));
-                }
+            if let Some(i) = g.recvs.iter().position(|(c, _)| c.id() == id)
+                && let Some((c, _)) = g.recvs.remove(i)
+            {
+                done.push(Done::Xfer(c, Err(Error::Cancelled)));
             }
-            if let Some(i) = g.sends.iter().position(|p| p.done.id() == id) {
-                if let Some(p) = g.sends.remove(i) {
-                    done.push(Done::Xfer(p.done, Err(Error::Cancelled)));
-                }
+            if let Some(i) = g.sends.iter().position(|p| p.done.id() == id)
+                && let Some(p) = g.sends.remove(i)
+            {
+                done.push(Done::Xfer(p.done, Err(Error::Cancelled)));
             }
-            if let Some(i) = g.accepts.iter().position(|c| c.id() == id) {
-                if let Some(c) = g.accepts.remove(i) {
-                    done.push(Done::Accept(c, Err(Error::Cancelled)));
-                }
+            if let Some(i) = g.accepts.iter().position(|c| c.id() == id)
+                && let Some(c) = g.accepts.remove(i)
+            {
+                done.push(Done::Accept(c, Err(Error::Cancelled)));
             }
-            if let Some(i) = g.recv_froms.iter().position(|(c, _)| c.id() == id) {
-                if let Some((c, _)) = g.recv_froms.remove(i) {
-                    done.push(Done::Dgram(c, Err(Error::Cancelled)));
-                }
+            if let Some(i) = g.recv_froms.iter().position(|(c, _)| c.id() == id)
+                && let Some((c, _)) = g.recv_froms.remove(i)
+            {
+                done.push(Done::Dgram(c, Err(Error::Cancelled)));
             }
-            if let Some(i) = g.send_tos.iter().position(|(c, _, _)| c.id() == id) {
-                if let Some((c, _, _)) = g.send_tos.remove(i) {
-                    done.push(Done::Xfer(c, Err(Error::Cancelled)));
-                }
+            if let Some(i) = g.send_tos.iter().position(|(c, _, _)| c.id() == id)
+                && let Some((c, _, _)) = g.send_tos.remove(i)
+            {
+                done.push(Done::Xfer(c, Err(Error::Cancelled)));
             }
-            if g.graceful.as_ref().is_some_and(|c| c.id() == id) {
-                if let Some(c) = g.graceful.take() {
-                    done.push(Done::Unit(c, Err(Error::Cancelled)));
-                }
+            if g.graceful.as_ref().is_some_and(|c| c.id() == id)
+                && let Some(c) = g.graceful.take()
+            {
+                done.push(Done::Unit(c, Err(Error::Cancelled)));
             }
-            if g.connecting.as_ref().is_some_and(|c| c.id() == id) {
-                if let Some(c) = g.connecting.take() {
-                    // A half-made connection cannot be resumed: drop it.
-                    if let (Some(token), Some(fd)) = (g.token.take(), g.io.fd()) {
-                        self.reactor.deregister(self.thread, fd, token);
-                    }
-                    g.io = Io::Gone;
-                    g.fault = Some(Error::Cancelled);
-                    done.push(Done::Unit(c, Err(Error::Cancelled)));
+            if g.connecting.as_ref().is_some_and(|c| c.id() == id)
+                && let Some(c) = g.connecting.take()
+            {
+                // A half-made connection cannot be resumed: drop it.
+                if let (Some(token), Some(fd)) = (g.token.take(), g.io.fd()) {
+                    self.reactor.deregister(self.thread, fd, token);
                 }
+                g.io = Io::Gone;
+                g.fault = Some(Error::Cancelled);
+                done.push(Done::Unit(c, Err(Error::Cancelled)));
             }
         }
         flush(&mut done);
@@ -508,11 +526,11 @@ impl SocketCore {
                 return Err(Error::InvalidState("already bound"));
             }
         };
-        if self.category == Category::Listen {
-            if let Err(e) = s.set_reuse_address(true) {
-                g.io = Io::Unbound(s);
-                return Err(e.into());
-            }
+        if self.category == Category::Listen
+            && let Err(e) = s.set_reuse_address(true)
+        {
+            g.io = Io::Unbound(s);
+            return Err(e.into());
         }
         if let Err(e) = s.bind(&addr.into()) {
             g.io = Io::Unbound(s);
@@ -564,7 +582,9 @@ impl SocketCore {
                 let enable = matches!(req, SocketControl::EnableEvents(_));
                 let bits = EventMask(mask.0 & !EventMask::DISABLE.0);
                 if bits.0 & !self.category.events().0 != 0 || bits.0 == 0 {
-                    return Err(Error::InvalidParameter("event not defined for this socket category"));
+                    return Err(Error::InvalidParameter(
+                        "event not defined for this socket category",
+                    ));
                 }
                 if matches!(g.events, SocketDispatch::None) {
                     return Err(Error::InvalidState("socket has no event dispatch table"));
@@ -576,30 +596,52 @@ impl SocketCore {
                 } else {
                     let statics = self.owner.static_events();
                     if statics.0 & bits.0 != 0 {
-                        return Err(Error::InvalidParameter("static event callbacks cannot be disabled"));
+                        return Err(Error::InvalidParameter(
+                            "static event callbacks cannot be disabled",
+                        ));
                     }
                     g.enabled = EventMask(g.enabled.0 & !bits.0);
                 }
                 Ok(0)
             }
             SocketControl::SetOption(opt, v) => {
-                let s = g.io.sockref().ok_or(Error::InvalidState("connection is gone"))?;
+                let s =
+                    g.io.sockref()
+                        .ok_or(Error::InvalidState("connection is gone"))?;
                 match opt {
-                    SockOpt::NoDelay if self.category == Category::Connection => s.set_nodelay(v != 0)?,
-                    SockOpt::KeepAlive if self.category == Category::Connection => s.set_keepalive(v != 0)?,
-                    SockOpt::NoDelay | SockOpt::KeepAlive => return Err(Error::WrongCategory(self.category.name())),
+                    SockOpt::NoDelay if self.category == Category::Connection => {
+                        s.set_nodelay(v != 0)?
+                    }
+                    SockOpt::KeepAlive if self.category == Category::Connection => {
+                        s.set_keepalive(v != 0)?
+                    }
+                    SockOpt::NoDelay | SockOpt::KeepAlive => {
+                        return Err(Error::WrongCategory(self.category.name()));
+                    }
                     SockOpt::ReuseAddress => s.set_reuse_address(v != 0)?,
-                    SockOpt::RecvBufferSize => s.set_recv_buffer_size(usize::try_from(v).map_err(|_| Error::InvalidParameter("size"))?)?,
-                    SockOpt::SendBufferSize => s.set_send_buffer_size(usize::try_from(v).map_err(|_| Error::InvalidParameter("size"))?)?,
+                    SockOpt::RecvBufferSize => s.set_recv_buffer_size(
+                        usize::try_from(v).map_err(|_| Error::InvalidParameter("size"))?,
+                    )?,
+                    SockOpt::SendBufferSize => s.set_send_buffer_size(
+                        usize::try_from(v).map_err(|_| Error::InvalidParameter("size"))?,
+                    )?,
                 }
                 Ok(0)
             }
             SocketControl::GetOption(opt) => {
-                let s = g.io.sockref().ok_or(Error::InvalidState("connection is gone"))?;
+                let s =
+                    g.io.sockref()
+                        .ok_or(Error::InvalidState("connection is gone"))?;
                 Ok(match opt {
-                    SockOpt::NoDelay if self.category == Category::Connection => s.nodelay()? as u64,
-                    SockOpt::KeepAlive if self.category == Category::Connection => s.keepalive()? as u64,
-                    SockOpt::NoDelay | SockOpt::KeepAlive => return Err(Error::WrongCategory(self.category.name())),
+                    SockOpt::NoDelay if self.category == Category::Connection => {
+                        s.nodelay()? as u64
+                    }
+                    SockOpt::KeepAlive if self.category == Category::Connection => {
+                        s.keepalive()? as u64
+                    }
+                    SockOpt::NoDelay | SockOpt::KeepAlive => {
+                        return Err(Error::WrongCategory(self.category.name()));
+                    }
                     SockOpt::ReuseAddress => s.reuse_address()? as u64,
                     SockOpt::RecvBufferSize => s.recv_buffer_size()? as u64,
                     SockOpt::SendBufferSize => s.send_buffer_size()? as u64,
@@ -617,7 +659,9 @@ impl SocketCore {
                 | (SocketDispatch::Datagram(_), Category::Datagram)
         );
         if !ok {
-            return Err(Error::InvalidParameter("dispatch table does not match the socket category"));
+            return Err(Error::InvalidParameter(
+                "dispatch table does not match the socket category",
+            ));
         }
         let mut g = self.inner.lock();
         self.check_open(&g)?;
@@ -626,7 +670,8 @@ impl SocketCore {
         if none {
             g.enabled = EventMask::NONE;
         } else {
-            g.enabled = g.enabled | EventMask(self.owner.static_events().0 & self.category.events().0);
+            g.enabled =
+                g.enabled | EventMask(self.owner.static_events().0 & self.category.events().0);
         }
         let any = g.enabled.0 != 0;
         drop(g);
@@ -680,22 +725,27 @@ impl SocketCore {
             }
             let fully_closed = g.send_shut && g.peer_closed;
             let io = std::mem::replace(&mut g.io, Io::Gone);
-            if matches!(io, Io::Connected(_) | Io::Connecting(_)) && !fully_closed {
-                if let Some(s) = io.sockref() {
-                    // Abortive disconnect: closing with a zero linger sends RST.
-                    let _ = s.set_linger(Some(std::time::Duration::ZERO));
-                }
+            if matches!(io, Io::Connected(_) | Io::Connecting(_))
+                && !fully_closed
+                && let Some(s) = io.sockref()
+            {
+                // Abortive disconnect: closing with a zero linger sends RST.
+                let _ = s.set_linger(Some(std::time::Duration::ZERO));
             }
             g.events = SocketDispatch::None;
             g.held = Vec::new();
             let c = &self.owner.sub.counters;
-            c.bytes_sent.fetch_add(std::mem::take(&mut g.sent), Ordering::Relaxed);
-            c.bytes_received.fetch_add(std::mem::take(&mut g.received), Ordering::Relaxed);
+            c.bytes_sent
+                .fetch_add(std::mem::take(&mut g.sent), Ordering::Relaxed);
+            c.bytes_received
+                .fetch_add(std::mem::take(&mut g.received), Ordering::Relaxed);
             (io, g.ticket.take())
         };
         drop(io);
         flush(&mut done);
-        self.counters().sockets_closed.fetch_add(1, Ordering::Relaxed);
+        self.counters()
+            .sockets_closed
+            .fetch_add(1, Ordering::Relaxed);
         drop(ticket);
     }
 
@@ -774,7 +824,9 @@ impl SocketCore {
         }
         self.check_family(&remote)?;
         if remote.port() == 0 || remote.ip().is_unspecified() {
-            return Err(Error::InvalidAddress("remote address must name a host and port"));
+            return Err(Error::InvalidAddress(
+                "remote address must name a host and port",
+            ));
         }
         let mut g = self.inner.lock();
         self.check_open(&g)?;
@@ -807,7 +859,9 @@ impl SocketCore {
     }
 
     fn finish_connect(self: &Arc<Self>, g: &mut Guard<'_>, done: &mut Vec<Done>) {
-        let Io::Connecting(stream) = &g.io else { return };
+        let Io::Connecting(stream) = &g.io else {
+            return;
+        };
         let outcome = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(Error::from_io(&e)),
             Ok(None) => match stream.peer_addr() {
@@ -865,7 +919,9 @@ impl SocketCore {
         }
         let mut off = 0;
         if g.sends.is_empty() {
-            let Io::Connected(stream) = &g.io else { unreachable!("checked by conn_state") };
+            let Io::Connected(stream) = &g.io else {
+                unreachable!("checked by conn_state")
+            };
             loop {
                 if off == buf.len() {
                     g.sent += off as u64;
@@ -892,7 +948,9 @@ impl SocketCore {
 
     fn drive_sends(self: &Arc<Self>, g: &mut Guard<'_>, done: &mut Vec<Done>) {
         let inner = &mut **g;
-        let Io::Connected(stream) = &inner.io else { return };
+        let Io::Connected(stream) = &inner.io else {
+            return;
+        };
         let mut sent = 0u64;
         while let Some(front) = inner.sends.front_mut() {
             match sys::send(stream, &front.buf[front.off..]) {
@@ -918,11 +976,13 @@ impl SocketCore {
             }
         }
         inner.sent += sent;
-        if inner.sends.is_empty() {
-            if let Some(c) = inner.graceful.take() {
-                let r = stream.shutdown(Shutdown::Write).map_err(|e| Error::from_io(&e));
-                done.push(Done::Unit(c, r));
-            }
+        if inner.sends.is_empty()
+            && let Some(c) = inner.graceful.take()
+        {
+            let r = stream
+                .shutdown(Shutdown::Write)
+                .map_err(|e| Error::from_io(&e));
+            done.push(Done::Unit(c, r));
         }
     }
 
@@ -953,7 +1013,9 @@ impl SocketCore {
             return Op::ready(Ok(Transfer { buf, bytes: 0 }));
         }
         if g.recvs.is_empty() {
-            let Io::Connected(stream) = &mut g.io else { unreachable!("checked by conn_state") };
+            let Io::Connected(stream) = &mut g.io else {
+                unreachable!("checked by conn_state")
+            };
             loop {
                 match stream.read(&mut buf) {
                     Ok(0) => {
@@ -982,12 +1044,19 @@ impl SocketCore {
         op
     }
 
-    fn report_disconnect(self: &Arc<Self>, g: &mut Guard<'_>, done: &mut Vec<Done>, kind: DisconnectKind) {
+    fn report_disconnect(
+        self: &Arc<Self>,
+        g: &mut Guard<'_>,
+        done: &mut Vec<Done>,
+        kind: DisconnectKind,
+    ) {
         if g.disconnect_reported || !g.enabled.contains(EventMask::DISCONNECT) {
             return;
         }
         g.disconnect_reported = true;
-        let SocketDispatch::Connection(ev) = g.events.clone() else { return };
+        let SocketDispatch::Connection(ev) = g.events.clone() else {
+            return;
+        };
         let me = ConnectionRef(self.clone());
         self.callback(g, done, || ev.on_disconnect(&me, kind));
     }
@@ -1029,7 +1098,9 @@ impl SocketCore {
                     break;
                 }
                 let inner = &mut **g;
-                let Io::Connected(stream) = &mut inner.io else { break };
+                let Io::Connected(stream) = &mut inner.io else {
+                    break;
+                };
                 let (_, buf) = inner.recvs.front_mut().expect("not empty");
                 let r = stream.read(buf);
                 match r {
@@ -1056,10 +1127,14 @@ impl SocketCore {
             if !g.enabled.contains(EventMask::RECEIVE) || g.held_off < g.held.len() {
                 break;
             }
-            let SocketDispatch::Connection(ev) = g.events.clone() else { break };
+            let SocketDispatch::Connection(ev) = g.events.clone() else {
+                break;
+            };
             let mut scratch = SCRATCH_BUF.with(|s| std::mem::take(&mut *s.borrow_mut()));
             scratch.resize(SCRATCH, 0);
-            let Io::Connected(stream) = &mut g.io else { break };
+            let Io::Connected(stream) = &mut g.io else {
+                break;
+            };
             let r = stream.read(&mut scratch);
             match r {
                 Ok(0) => {
@@ -1113,8 +1188,14 @@ impl SocketCore {
                 }
                 g.send_shut = true;
                 if g.sends.is_empty() {
-                    let Io::Connected(stream) = &g.io else { unreachable!("checked") };
-                    Op::ready(stream.shutdown(Shutdown::Write).map_err(|e| Error::from_io(&e)))
+                    let Io::Connected(stream) = &g.io else {
+                        unreachable!("checked")
+                    };
+                    Op::ready(
+                        stream
+                            .shutdown(Shutdown::Write)
+                            .map_err(|e| Error::from_io(&e)),
+                    )
                 } else {
                     let (op, c) = Op::pending_on(self);
                     g.graceful = Some(c);
@@ -1147,17 +1228,34 @@ impl SocketCore {
     }
 
     /// Adopt a connection the OS accepted (from `WskAccept` or the accept event).
-    fn adopt(owner: &Arc<ClientCore>, family: Family, stream: mio::net::TcpStream, remote: SocketAddr) -> Result<Accepted> {
+    fn adopt(
+        owner: &Arc<ClientCore>,
+        family: Family,
+        stream: mio::net::TcpStream,
+        remote: SocketAddr,
+    ) -> Result<Accepted> {
         let local = stream.local_addr()?;
-        let core = SocketCore::build(owner, Category::Connection, family, Io::Connected(stream), SocketDispatch::None)?;
+        let core = SocketCore::build(
+            owner,
+            Category::Connection,
+            family,
+            Io::Connected(stream),
+            SocketDispatch::None,
+        )?;
         {
             let mut g = core.inner.lock();
             g.local = Some(local);
             g.remote = Some(remote);
             core.register(&mut g)?;
         }
-        core.counters().sockets_opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Accepted { socket: ConnectionSocket(ConnectionRef(core)), local, remote })
+        core.counters()
+            .sockets_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Accepted {
+            socket: ConnectionSocket(ConnectionRef(core)),
+            local,
+            remote,
+        })
     }
 
     // ----- listening sockets -----
@@ -1171,7 +1269,9 @@ impl SocketCore {
             return Op::ready(Err(Error::WrongCategory(self.category.name())));
         }
         let Io::Listening(l) = &g.io else {
-            return Op::ready(Err(Error::InvalidState("not bound (a listening socket listens once bound)")));
+            return Op::ready(Err(Error::InvalidState(
+                "not bound (a listening socket listens once bound)",
+            )));
         };
         if g.accepts.is_empty() {
             loop {
@@ -1262,7 +1362,9 @@ impl SocketCore {
             return Op::ready(Err(e));
         }
         if to.port() == 0 || to.ip().is_unspecified() {
-            return Op::ready(Err(Error::InvalidAddress("destination must name a host and port")));
+            return Op::ready(Err(Error::InvalidAddress(
+                "destination must name a host and port",
+            )));
         }
         let mut g = self.inner.lock();
         if let Err(e) = self.dgram_state(&g) {
@@ -1270,7 +1372,9 @@ impl SocketCore {
         }
         let addr = SockAddr::from(to);
         if g.send_tos.is_empty() {
-            let Io::Datagram(s) = &g.io else { unreachable!("checked") };
+            let Io::Datagram(s) = &g.io else {
+                unreachable!("checked")
+            };
             match s.send_to(&buf, &addr) {
                 Ok(n) => {
                     g.sent += n as u64;
@@ -1295,7 +1399,9 @@ impl SocketCore {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 r => {
                     let (c, buf, _) = inner.send_tos.pop_front().expect("front exists");
-                    let r = r.map(|n| Transfer { buf, bytes: n }).map_err(|e| Error::from_io(&e));
+                    let r = r
+                        .map(|n| Transfer { buf, bytes: n })
+                        .map_err(|e| Error::from_io(&e));
                     done.push(Done::Xfer(c, r));
                 }
             }
@@ -1311,7 +1417,9 @@ impl SocketCore {
             return Op::ready(Err(e));
         }
         if g.recv_froms.is_empty() {
-            let Io::Datagram(s) = &g.io else { unreachable!("checked") };
+            let Io::Datagram(s) = &g.io else {
+                unreachable!("checked")
+            };
             match sys::recv_from(s, &mut buf) {
                 Ok((n, from)) => {
                     drop(g);
@@ -1358,7 +1466,9 @@ impl SocketCore {
             if !g.enabled.contains(EventMask::RECEIVE_FROM) {
                 break;
             }
-            let SocketDispatch::Datagram(ev) = g.events.clone() else { break };
+            let SocketDispatch::Datagram(ev) = g.events.clone() else {
+                break;
+            };
             let mut scratch = SCRATCH_BUF.with(|s| std::mem::take(&mut *s.borrow_mut()));
             scratch.resize(SCRATCH, 0);
             let Io::Datagram(s) = &g.io else { break };
@@ -1383,13 +1493,20 @@ impl SocketCore {
 fn datagram(buf: Vec<u8>, n: usize, from: SocketAddr) -> Datagram {
     let truncated = n > buf.len();
     let bytes = n.min(buf.len());
-    Datagram { buf, bytes, from, truncated }
+    Datagram {
+        buf,
+        bytes,
+        from,
+        truncated,
+    }
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted)
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    )
 }
-
 
 // ===================== handles =====================
 

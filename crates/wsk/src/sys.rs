@@ -21,9 +21,9 @@ pub(crate) fn recv_from(s: &Socket, buf: &mut [u8]) -> io::Result<(usize, Socket
     // the kernel only ever writes initialised bytes into it.
     let uninit = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
     let (n, addr) = s.recv_from_with_flags(uninit, libc::MSG_TRUNC)?;
-    let addr = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address"))?;
+    let addr = addr.as_socket().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
+    })?;
     Ok((n, addr))
 }
 
@@ -47,7 +47,9 @@ pub(crate) fn reverse_lookup(addr: SocketAddr, name_required: bool) -> io::Resul
         )
     };
     match rc {
-        0 => Ok(CStr::from_bytes_until_nul(&host).ok().map(|c| c.to_string_lossy().into_owned())),
+        0 => Ok(CStr::from_bytes_until_nul(&host)
+            .ok()
+            .map(|c| c.to_string_lossy().into_owned())),
         libc::EAI_NONAME => Ok(None),
         _ => Err(io::Error::other(format!("getnameinfo failed ({rc})"))),
     }

@@ -11,8 +11,20 @@ fn echo_round_trips_over_ipv4_and_ipv6_with_many_connections() {
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
     for bind in ["127.0.0.1:0", "[::1]:0"] {
         let server = EchoServer::start(&nmr, bind.parse().unwrap()).unwrap();
-        let cfg = LoadConfig { connections: 64, message_size: 100 };
-        let stats = run_load(&nmr, server.local_addr(), &cfg, RunLimit { requests: Some(2_000), ..Default::default() }).unwrap();
+        let cfg = LoadConfig {
+            connections: 64,
+            message_size: 100,
+        };
+        let stats = run_load(
+            &nmr,
+            server.local_addr(),
+            &cfg,
+            RunLimit {
+                requests: Some(2_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(stats.errors, 0);
         assert_eq!(stats.connections, 64);
         assert!(stats.requests >= 2_000);
@@ -31,9 +43,21 @@ fn large_messages_echo_intact_and_persistent_clients_run_repeatedly() {
     let nmr = Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
     let server = EchoServer::start(&nmr, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = LoadClient::connect(&nmr, server.local_addr(), LoadConfig { connections: 4, message_size: 1 << 20 }).unwrap();
+    let client = LoadClient::connect(
+        &nmr,
+        server.local_addr(),
+        LoadConfig {
+            connections: 4,
+            message_size: 1 << 20,
+        },
+    )
+    .unwrap();
     for _ in 0..3 {
-        let s = client.run(RunLimit { bytes: Some(16 << 20), duration: Some(Duration::from_secs(20)), ..Default::default() });
+        let s = client.run(RunLimit {
+            bytes: Some(16 << 20),
+            duration: Some(Duration::from_secs(20)),
+            ..Default::default()
+        });
         assert_eq!(s.errors, 0);
         assert!(s.bytes_echoed >= 16 << 20, "{s:?}");
     }
@@ -41,7 +65,11 @@ fn large_messages_echo_intact_and_persistent_clients_run_repeatedly() {
     // The server learns of each close through its disconnect event (or a failed receive).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while server.stats().active != 0 {
-        assert!(std::time::Instant::now() < deadline, "server still has {:?}", server.stats());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server still has {:?}",
+            server.stats()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     server.stop();
@@ -53,14 +81,32 @@ fn the_provider_can_leave_while_echo_applications_run() {
     let nmr = Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
     let server = EchoServer::start(&nmr, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = LoadClient::connect(&nmr, server.local_addr(), LoadConfig { connections: 8, message_size: 64 }).unwrap();
-    assert_eq!(client.run(RunLimit { requests: Some(500), ..Default::default() }).errors, 0);
+    let client = LoadClient::connect(
+        &nmr,
+        server.local_addr(),
+        LoadConfig {
+            connections: 8,
+            message_size: 64,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        client
+            .run(RunLimit {
+                requests: Some(500),
+                ..Default::default()
+            })
+            .errors,
+        0
+    );
     let dereg = provider.deregister();
     // Detach pends: both applications hold captures and sockets.
     assert!(!dereg.is_complete());
     // The applications shut down (close sockets, release captures, deregister).
     client.close();
     server.stop();
-    dereg.wait_timeout(Duration::from_secs(10)).expect("provider deregistration completes");
+    dereg
+        .wait_timeout(Duration::from_secs(10))
+        .expect("provider deregistration completes");
     assert!(nmr.snapshot().bindings.is_empty());
 }

@@ -1,7 +1,9 @@
 //! The WSK registration functions and the unload story of the seed ("Unregistering and
 //! Unloading the WSK Client"), end to end on a real registrar with real sockets.
 
-use nmr::typed::{Binding, Client, ClientAttach, ClientRegistration, Declined, DetachHold, ModuleInfo, PeerInfo};
+use nmr::typed::{
+    Binding, Client, ClientAttach, ClientRegistration, Declined, DetachHold, ModuleInfo, PeerInfo,
+};
 use nmr::{BindingState, Guid, ModuleId, Registrar, SideState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, mpsc};
@@ -32,11 +34,23 @@ fn only_binding_state(nmr: &Registrar) -> Option<BindingState> {
 fn capture_before_the_provider_arrives_and_with_each_wait_mode() {
     let nmr = Registrar::new();
     let reg = WskRegistration::register(&nmr, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap();
-    assert_eq!(reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(), Error::DeviceNotReady);
-    assert_eq!(reg.capture_provider_npi(5).unwrap_err(), Error::DeviceNotReady);
-    assert_eq!(reg.query_provider_characteristics().unwrap_err().status(), Status::DEVICE_NOT_READY);
+    assert_eq!(
+        reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(),
+        Error::DeviceNotReady
+    );
+    assert_eq!(
+        reg.capture_provider_npi(5).unwrap_err(),
+        Error::DeviceNotReady
+    );
+    assert_eq!(
+        reg.query_provider_characteristics().unwrap_err().status(),
+        Status::DEVICE_NOT_READY
+    );
     std::thread::scope(|s| {
-        let infinite = s.spawn(|| reg.capture_provider_npi(WSK_INFINITE_WAIT).map(|c| c.version()));
+        let infinite = s.spawn(|| {
+            reg.capture_provider_npi(WSK_INFINITE_WAIT)
+                .map(|c| c.version())
+        });
         let timed = s.spawn(|| reg.capture_provider_npi(10_000).map(|c| c.version()));
         std::thread::sleep(Duration::from_millis(20));
         let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
@@ -55,12 +69,20 @@ fn capture_before_the_provider_arrives_and_with_each_wait_mode() {
 fn refused_version_reports_nointerface_then_reregistering_with_a_supported_one_works() {
     let nmr = Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
-    let reg = WskRegistration::register(&nmr, WskClientDispatch::new(make_wsk_version(2, 0))).unwrap();
-    assert_eq!(reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err().status(), Status::NOINTERFACE);
-    assert_eq!(reg.capture_provider_npi(50).unwrap_err(), Error::NoInterface);
+    let reg =
+        WskRegistration::register(&nmr, WskClientDispatch::new(make_wsk_version(2, 0))).unwrap();
+    assert_eq!(
+        reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err().status(),
+        Status::NOINTERFACE
+    );
+    assert_eq!(
+        reg.capture_provider_npi(50).unwrap_err(),
+        Error::NoInterface
+    );
     let range = reg.query_provider_characteristics().unwrap();
     reg.deregister();
-    let reg = WskRegistration::register(&nmr, WskClientDispatch::new(range.lowest_version)).unwrap();
+    let reg =
+        WskRegistration::register(&nmr, WskClientDispatch::new(range.lowest_version)).unwrap();
     let npi = reg.capture_provider_npi(WSK_NO_WAIT).unwrap();
     assert_eq!(npi.version(), range.lowest_version);
     drop(npi);
@@ -80,7 +102,10 @@ fn a_blocked_capture_returns_device_not_ready_when_deregistration_starts() {
     });
     // A provider arriving now is not taken: the registration is draining.
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
-    assert_eq!(reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(), Error::DeviceNotReady);
+    assert_eq!(
+        reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(),
+        Error::DeviceNotReady
+    );
     reg.deregister();
     provider.unload();
 }
@@ -93,12 +118,25 @@ fn wsk_deregister_with_sockets_open_pends_until_the_last_socket_closes() {
     let npi = reg.capture_provider_npi(WSK_NO_WAIT).unwrap();
     let l = npi.listen_socket(Family::V4, None).unwrap();
     l.bind(v4()).wait().unwrap();
-    let s = npi.socket_connect(SOCK_STREAM, IPPROTO_TCP, v4(), l.local_address().unwrap(), 0, None).wait().unwrap();
+    let s = npi
+        .socket_connect(
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            v4(),
+            l.local_address().unwrap(),
+            0,
+            None,
+        )
+        .wait()
+        .unwrap();
     let peer = l.accept().wait().unwrap().socket;
     assert_eq!(only_binding_state(&nmr), Some(BindingState::Active));
 
     reg.start_deregister();
-    assert_eq!(reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(), Error::DeviceNotReady);
+    assert_eq!(
+        reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err(),
+        Error::DeviceNotReady
+    );
     let (tx, rx) = mpsc::channel();
     let dereg = std::thread::spawn(move || {
         reg.deregister();
@@ -111,20 +149,30 @@ fn wsk_deregister_with_sockets_open_pends_until_the_last_socket_closes() {
     wait_until("provider detach pending", || {
         matches!(
             only_binding_state(&nmr),
-            Some(BindingState::Detaching { client: SideState::Done, provider: SideState::Pending })
+            Some(BindingState::Detaching {
+                client: SideState::Done,
+                provider: SideState::Pending
+            })
         )
     });
-    assert!(rx.try_recv().is_err(), "WskDeregister returned with sockets open");
+    assert!(
+        rx.try_recv().is_err(),
+        "WskDeregister returned with sockets open"
+    );
     // The open sockets still work while the detach pends; new sockets are refused.
     s.send(b"still here".to_vec()).wait().unwrap();
     let got = peer.receive(vec![0; 32]).wait().unwrap();
     assert_eq!(got.data(), b"still here");
-    assert_eq!(s.handle().is_closed(), false);
+    assert!(!s.handle().is_closed());
     drop(s);
     drop(peer);
-    assert!(rx.try_recv().is_err(), "WskDeregister returned with the listener open");
+    assert!(
+        rx.try_recv().is_err(),
+        "WskDeregister returned with the listener open"
+    );
     drop(l);
-    rx.recv_timeout(T).expect("WskDeregister returned after the last socket closed");
+    rx.recv_timeout(T)
+        .expect("WskDeregister returned after the last socket closed");
     dereg.join().unwrap();
     assert!(nmr.snapshot().bindings.is_empty());
     let c = provider.counters();
@@ -145,9 +193,19 @@ struct RawApp {
 impl Client<WskNpi> for RawApp {
     type BindingContext = u32;
 
-    fn attach_provider(&self, peer: &PeerInfo<'_, WskProviderCharacteristics>, attach: &mut ClientAttach<'_, WskNpi>) -> Result<u32, Declined> {
-        let range = peer.characteristics.copied().ok_or(Declined::no_interface())?;
-        self.log.lock().unwrap().push(format!("offer {:#x}..{:#x}", range.lowest_version, range.highest_version));
+    fn attach_provider(
+        &self,
+        peer: &PeerInfo<'_, WskProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, WskNpi>,
+    ) -> Result<u32, Declined> {
+        let range = peer
+            .characteristics
+            .copied()
+            .ok_or(Declined::no_interface())?;
+        self.log.lock().unwrap().push(format!(
+            "offer {:#x}..{:#x}",
+            range.lowest_version, range.highest_version
+        ));
         let mut last = Declined::no_interface();
         for v in [make_wsk_version(2, 0), make_wsk_version(1, 0)] {
             match attach.attach(Arc::new(WskClientDispatch::new(v))) {
@@ -157,7 +215,10 @@ impl Client<WskNpi> for RawApp {
                     return Ok(7);
                 }
                 Err(s) => {
-                    self.log.lock().unwrap().push(format!("refused {v:#x}: {s:?}"));
+                    self.log
+                        .lock()
+                        .unwrap()
+                        .push(format!("refused {v:#x}: {s:?}"));
                     last = Declined::with_status(s);
                 }
             }
@@ -181,26 +242,47 @@ fn raw_nmr_client_retries_version_and_completes_detach_after_closing_sockets() {
     let nmr = Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
     let app = Arc::new(RawApp::default());
-    let reg = ClientRegistration::<WskNpi>::register(&nmr, ModuleInfo::new(ModuleId::Guid(Guid::from_u128(0xA11))), None, app.clone()).unwrap();
+    let reg = ClientRegistration::<WskNpi>::register(
+        &nmr,
+        ModuleInfo::new(ModuleId::Guid(Guid::from_u128(0xA11))),
+        None,
+        app.clone(),
+    )
+    .unwrap();
     let b = app.binding.lock().unwrap().clone().expect("attached");
     // Calls through the dispatch, as WskSocket / WskBind / ... would be.
-    let sock = b.call(|wsk| wsk.datagram_socket(Family::V4, None)).unwrap().unwrap();
+    let sock = b
+        .call(|wsk| wsk.datagram_socket(Family::V4, None))
+        .unwrap()
+        .unwrap();
     sock.bind(v4()).wait().unwrap();
     let to = sock.local_address().unwrap();
     sock.send_to(b"self".to_vec(), to).wait().unwrap();
-    assert_eq!(sock.receive_from(vec![0; 8]).wait().unwrap().data(), b"self");
+    assert_eq!(
+        sock.receive_from(vec![0; 8]).wait().unwrap().data(),
+        b"self"
+    );
 
     let dereg = reg.deregister();
     assert!(b.call(|_| ()).is_err(), "no new calls once detach began");
     assert!(!dereg.is_complete());
     assert!(matches!(
         only_binding_state(&nmr),
-        Some(BindingState::Detaching { client: SideState::Pending, provider: SideState::Pending })
+        Some(BindingState::Detaching {
+            client: SideState::Pending,
+            provider: SideState::Pending
+        })
     ));
     // The application closes its sockets, then completes its detach.
     drop(sock);
     wait_until("provider side done", || {
-        matches!(only_binding_state(&nmr), Some(BindingState::Detaching { provider: SideState::Done, .. }))
+        matches!(
+            only_binding_state(&nmr),
+            Some(BindingState::Detaching {
+                provider: SideState::Done,
+                ..
+            })
+        )
     });
     assert!(!dereg.is_complete());
     drop(app.hold.lock().unwrap().take());
@@ -222,8 +304,13 @@ fn raw_nmr_client_retries_version_and_completes_detach_after_closing_sockets() {
 fn provider_deregistering_detaches_every_client_and_waits_for_their_sockets() {
     let nmr = Registrar::new();
     let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
-    let regs: Vec<_> = (0..3).map(|_| WskRegistration::register(&nmr, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap()).collect();
-    let npis: Vec<_> = regs.iter().map(|r| r.capture_provider_npi(WSK_NO_WAIT).unwrap()).collect();
+    let regs: Vec<_> = (0..3)
+        .map(|_| WskRegistration::register(&nmr, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap())
+        .collect();
+    let npis: Vec<_> = regs
+        .iter()
+        .map(|r| r.capture_provider_npi(WSK_NO_WAIT).unwrap())
+        .collect();
     let socks: Vec<_> = npis
         .iter()
         .map(|n| {
@@ -238,14 +325,22 @@ fn provider_deregistering_detaches_every_client_and_waits_for_their_sockets() {
     // New captures fail; calls through existing captures keep working for sockets, but new
     // sockets are refused.
     for (r, n) in regs.iter().zip(&npis) {
-        assert_eq!(r.capture_provider_npi(WSK_NO_WAIT).unwrap_err(), Error::DeviceNotReady);
-        assert_eq!(n.datagram_socket(Family::V4, None).unwrap_err(), Error::DeviceNotReady);
+        assert_eq!(
+            r.capture_provider_npi(WSK_NO_WAIT).unwrap_err(),
+            Error::DeviceNotReady
+        );
+        assert_eq!(
+            n.datagram_socket(Family::V4, None).unwrap_err(),
+            Error::DeviceNotReady
+        );
     }
     assert!(!dereg.is_complete());
     drop(npis);
     assert!(!dereg.is_complete(), "sockets are still open");
     drop(socks);
-    dereg.wait_timeout(T).expect("provider deregistration completes once sockets closed");
+    dereg
+        .wait_timeout(T)
+        .expect("provider deregistration completes once sockets closed");
     assert!(nmr.snapshot().bindings.is_empty());
 
     // A new provider arrives: the registrations attach again.

@@ -17,7 +17,8 @@ fn v6() -> SocketAddr {
 }
 
 fn wait<T: Send + 'static>(op: Op<T>) -> Result<T> {
-    op.wait_timeout(T).unwrap_or_else(|_| panic!("operation did not complete within {T:?}"))
+    op.wait_timeout(T)
+        .unwrap_or_else(|_| panic!("operation did not complete within {T:?}"))
 }
 
 fn listener(c: &WskClient, at: SocketAddr) -> (ListenSocket, SocketAddr) {
@@ -43,7 +44,11 @@ fn recv_exact(s: &ConnectionRef, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let t = wait(s.receive(vec![0; (n - out.len()).min(65536)])).unwrap();
-        assert!(t.bytes > 0, "peer closed early after {} of {n} bytes", out.len());
+        assert!(
+            t.bytes > 0,
+            "peer closed early after {} of {n} bytes",
+            out.len()
+        );
         out.extend_from_slice(t.data());
     }
     out
@@ -78,7 +83,10 @@ fn large_transfer_with_backpressure_completes_in_order() {
     let (a, b) = connected_pair(&c, v4());
     let data = pattern(8 << 20);
     // Queue many sends at once; most pend until the peer reads.
-    let ops: Vec<_> = data.chunks(256 << 10).map(|ch| a.send(ch.to_vec())).collect();
+    let ops: Vec<_> = data
+        .chunks(256 << 10)
+        .map(|ch| a.send(ch.to_vec()))
+        .collect();
     assert!(ops.iter().any(|o| o.returned() == Status::PENDING));
     let got = recv_exact(&b, data.len());
     for o in ops {
@@ -99,7 +107,8 @@ fn graceful_disconnect_reads_zero_and_raises_disconnect_event() {
     let c = wsk.client();
     let (a, b) = connected_pair(&c, v6());
     let (tx, rx) = mpsc::channel();
-    b.set_dispatch(SocketDispatch::Connection(Arc::new(Ev(tx)))).unwrap();
+    b.set_dispatch(SocketDispatch::Connection(Arc::new(Ev(tx))))
+        .unwrap();
     b.enable_events(EventMask::DISCONNECT).unwrap();
     wait(a.send(b"bye".to_vec())).unwrap();
     wait(a.disconnect(Disconnect::Graceful)).unwrap();
@@ -127,7 +136,9 @@ impl ConnectionEvents for EchoConn {
 }
 impl ListenEvents for EchoListen {
     fn on_accept(&self, _: &ListenRef, acc: Accepted) {
-        acc.socket.set_dispatch(SocketDispatch::Connection(Arc::new(EchoConn))).unwrap();
+        acc.socket
+            .set_dispatch(SocketDispatch::Connection(Arc::new(EchoConn)))
+            .unwrap();
         acc.socket.enable_events(EventMask::RECEIVE).unwrap();
         self.accepted.fetch_add(1, Ordering::SeqCst);
         self.conns.lock().unwrap().push(acc.socket);
@@ -135,7 +146,10 @@ impl ListenEvents for EchoListen {
 }
 
 fn event_echo_server(c: &WskClient, at: SocketAddr) -> (ListenSocket, Arc<EchoListen>, SocketAddr) {
-    let ev = Arc::new(EchoListen { conns: Mutex::new(Vec::new()), accepted: AtomicUsize::new(0) });
+    let ev = Arc::new(EchoListen {
+        conns: Mutex::new(Vec::new()),
+        accepted: AtomicUsize::new(0),
+    });
     let l = c.listen_socket(Family::of(&at), Some(ev.clone())).unwrap();
     wait(l.bind(at)).unwrap();
     l.enable_events(EventMask::ACCEPT).unwrap();
@@ -190,12 +204,16 @@ fn receive_event_not_accepted_keeps_data_for_receive_operations() {
     let c = wsk.client();
     let (a, b) = connected_pair(&c, v4());
     let ev = Arc::new(Refuse(AtomicUsize::new(0)));
-    b.set_dispatch(SocketDispatch::Connection(ev.clone())).unwrap();
+    b.set_dispatch(SocketDispatch::Connection(ev.clone()))
+        .unwrap();
     b.enable_events(EventMask::RECEIVE).unwrap();
     wait(a.send(b"kept for later".to_vec())).unwrap();
     let deadline = std::time::Instant::now() + T;
     while ev.0.load(Ordering::SeqCst) == 0 {
-        assert!(std::time::Instant::now() < deadline, "receive event never raised");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receive event never raised"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     // Events are suspended while data is held; the receive operation gets it.
@@ -216,11 +234,17 @@ fn udp_send_to_and_receive_from_over_ipv4_and_ipv6() {
         let r = b.receive_from(vec![0; 100]);
         wait(a.send_to(b"datagram".to_vec(), ba)).unwrap();
         let d = wait(r).unwrap();
-        assert_eq!((d.data(), d.from, d.truncated), (&b"datagram"[..], aa, false));
+        assert_eq!(
+            (d.data(), d.from, d.truncated),
+            (&b"datagram"[..], aa, false)
+        );
         // Too small a buffer: the datagram is cut and flagged BUFFER_OVERFLOW.
         wait(a.send_to(vec![9; 50], ba)).unwrap();
         let d = wait(b.receive_from(vec![0; 10])).unwrap();
-        assert_eq!((d.bytes, d.truncated, d.status()), (10, true, Status::BUFFER_OVERFLOW));
+        assert_eq!(
+            (d.bytes, d.truncated, d.status()),
+            (10, true, Status::BUFFER_OVERFLOW)
+        );
     }
 }
 
@@ -235,7 +259,9 @@ fn receive_from_event_delivers_datagrams() {
     let wsk = Subsystem::new(1).unwrap();
     let c = wsk.client();
     let (tx, rx) = mpsc::channel();
-    let b = c.datagram_socket(Family::V4, Some(Arc::new(Ev(tx)))).unwrap();
+    let b = c
+        .datagram_socket(Family::V4, Some(Arc::new(Ev(tx))))
+        .unwrap();
     wait(b.bind(v4())).unwrap();
     b.enable_events(EventMask::RECEIVE_FROM).unwrap();
     let a = c.datagram_socket(Family::V4, None).unwrap();
@@ -305,7 +331,10 @@ fn peer_reset_mid_transfer_fails_operations_and_provider_stays_usable() {
     }
     assert!(failed > 0, "no send saw the reset");
     assert_eq!(wait(a.send(vec![1])).unwrap_err(), Error::ConnectionReset);
-    assert_eq!(wait(b.receive(vec![0; 4])).unwrap_err(), Error::ConnectionAborted);
+    assert_eq!(
+        wait(b.receive(vec![0; 4])).unwrap_err(),
+        Error::ConnectionAborted
+    );
     // The provider and the client keep working.
     let (x, y) = connected_pair(&c, v6());
     wait(x.send(b"ok".to_vec())).unwrap();
@@ -317,30 +346,116 @@ fn bad_input_gets_a_clear_status_and_leaks_nothing() {
     let wsk = Subsystem::new(1).unwrap();
     let c = wsk.client();
     let st = |op: Op<Socket>| wait(op).unwrap_err().status();
-    assert_eq!(st(c.socket(99, SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_CONNECTION_SOCKET, SocketDispatch::None)), Status::NOT_SUPPORTED);
-    assert_eq!(st(c.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_STREAM_SOCKET, SocketDispatch::None)), Status::NOT_SUPPORTED);
-    assert_eq!(st(c.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, 3, SocketDispatch::None)), Status::INVALID_PARAMETER);
-    assert_eq!(st(c.socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP, WSK_FLAG_CONNECTION_SOCKET, SocketDispatch::None)), Status::NOT_SUPPORTED);
-    assert_eq!(st(c.socket(AF_INET, SOCK_STREAM, IPPROTO_UDP, WSK_FLAG_LISTEN_SOCKET, SocketDispatch::None)), Status::NOT_SUPPORTED);
+    assert_eq!(
+        st(c.socket(
+            99,
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_CONNECTION_SOCKET,
+            SocketDispatch::None
+        )),
+        Status::NOT_SUPPORTED
+    );
+    assert_eq!(
+        st(c.socket(
+            AF_INET,
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_STREAM_SOCKET,
+            SocketDispatch::None
+        )),
+        Status::NOT_SUPPORTED
+    );
+    assert_eq!(
+        st(c.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, 3, SocketDispatch::None)),
+        Status::INVALID_PARAMETER
+    );
+    assert_eq!(
+        st(c.socket(
+            AF_INET,
+            SOCK_DGRAM,
+            IPPROTO_UDP,
+            WSK_FLAG_CONNECTION_SOCKET,
+            SocketDispatch::None
+        )),
+        Status::NOT_SUPPORTED
+    );
+    assert_eq!(
+        st(c.socket(
+            AF_INET,
+            SOCK_STREAM,
+            IPPROTO_UDP,
+            WSK_FLAG_LISTEN_SOCKET,
+            SocketDispatch::None
+        )),
+        Status::NOT_SUPPORTED
+    );
     struct D;
     impl DatagramEvents for D {
         fn on_receive_from(&self, _: &DatagramRef, _: &[u8], _: SocketAddr) {}
     }
-    assert_eq!(st(c.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_LISTEN_SOCKET, SocketDispatch::Datagram(Arc::new(D)))), Status::INVALID_PARAMETER);
+    assert_eq!(
+        st(c.socket(
+            AF_INET,
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_LISTEN_SOCKET,
+            SocketDispatch::Datagram(Arc::new(D))
+        )),
+        Status::INVALID_PARAMETER
+    );
     // A basic socket exists but can do nothing but control and close.
-    let basic = wait(c.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, WSK_FLAG_BASIC_SOCKET, SocketDispatch::None)).unwrap();
-    assert_eq!(basic.into_connection().unwrap_err().status(), Status::INVALID_DEVICE_REQUEST);
+    let basic = wait(c.socket(
+        AF_INET,
+        SOCK_STREAM,
+        IPPROTO_TCP,
+        WSK_FLAG_BASIC_SOCKET,
+        SocketDispatch::None,
+    ))
+    .unwrap();
+    assert_eq!(
+        basic.into_connection().unwrap_err().status(),
+        Status::INVALID_DEVICE_REQUEST
+    );
 
     let s = c.connection_socket(Family::V4, None).unwrap();
-    assert_eq!(wait(s.bind(v6())).unwrap_err().status(), Status::INVALID_ADDRESS_COMPONENT);
-    assert_eq!(wait(s.connect("127.0.0.1:9".parse().unwrap())).unwrap_err().status(), Status::INVALID_DEVICE_STATE);
-    assert_eq!(wait(s.send(vec![1])).unwrap_err().status(), Status::INVALID_DEVICE_STATE);
-    assert_eq!(wait(s.receive(Vec::new())).unwrap_err().status(), Status::BUFFER_TOO_SMALL);
-    assert_eq!(s.enable_events(EventMask::ACCEPT).unwrap_err().status(), Status::INVALID_PARAMETER);
-    assert_eq!(s.remote_address().unwrap_err().status(), Status::INVALID_DEVICE_STATE);
+    assert_eq!(
+        wait(s.bind(v6())).unwrap_err().status(),
+        Status::INVALID_ADDRESS_COMPONENT
+    );
+    assert_eq!(
+        wait(s.connect("127.0.0.1:9".parse().unwrap()))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(
+        wait(s.send(vec![1])).unwrap_err().status(),
+        Status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(
+        wait(s.receive(Vec::new())).unwrap_err().status(),
+        Status::BUFFER_TOO_SMALL
+    );
+    assert_eq!(
+        s.enable_events(EventMask::ACCEPT).unwrap_err().status(),
+        Status::INVALID_PARAMETER
+    );
+    assert_eq!(
+        s.remote_address().unwrap_err().status(),
+        Status::INVALID_DEVICE_STATE
+    );
     wait(s.bind(v4())).unwrap();
-    assert_eq!(wait(s.bind(v4())).unwrap_err().status(), Status::INVALID_DEVICE_STATE);
-    assert_eq!(wait(s.connect("127.0.0.1:0".parse().unwrap())).unwrap_err().status(), Status::INVALID_ADDRESS_COMPONENT);
+    assert_eq!(
+        wait(s.bind(v4())).unwrap_err().status(),
+        Status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(
+        wait(s.connect("127.0.0.1:0".parse().unwrap()))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_ADDRESS_COMPONENT
+    );
 
     // Port in use.
     let (l1, addr) = listener(&c, v4());
@@ -349,17 +464,34 @@ fn bad_input_gets_a_clear_status_and_leaks_nothing() {
     // The failed socket can retry with another address.
     wait(l2.bind(v4())).unwrap();
     let d = c.datagram_socket(Family::V4, None).unwrap();
-    assert_eq!(wait(d.send_to(vec![1], addr)).unwrap_err().status(), Status::INVALID_DEVICE_STATE);
-    assert_eq!(wait(d.send_to(vec![1], "[::1]:5".parse().unwrap())).unwrap_err().status(), Status::INVALID_ADDRESS_COMPONENT);
+    assert_eq!(
+        wait(d.send_to(vec![1], addr)).unwrap_err().status(),
+        Status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(
+        wait(d.send_to(vec![1], "[::1]:5".parse().unwrap()))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_ADDRESS_COMPONENT
+    );
     wait(d.bind(v4())).unwrap();
-    assert_eq!(wait(d.send_to(vec![0; 70_000], addr)).unwrap_err(), Error::MessageTooLarge);
+    assert_eq!(
+        wait(d.send_to(vec![0; 70_000], addr)).unwrap_err(),
+        Error::MessageTooLarge
+    );
 
     // Connection refused: nobody listens on a port we just released.
     drop(l1);
     let s2 = c.connection_socket(Family::V4, None).unwrap();
     wait(s2.bind(v4())).unwrap();
-    assert_eq!(wait(s2.connect(addr)).unwrap_err(), Error::ConnectionRefused);
-    assert_eq!(wait(s2.send(vec![1])).unwrap_err(), Error::ConnectionRefused);
+    assert_eq!(
+        wait(s2.connect(addr)).unwrap_err(),
+        Error::ConnectionRefused
+    );
+    assert_eq!(
+        wait(s2.send(vec![1])).unwrap_err(),
+        Error::ConnectionRefused
+    );
 
     drop((s, l2, d, s2));
     assert_eq!(c.open_sockets(), 0);
@@ -376,8 +508,18 @@ fn socket_connect_creates_binds_and_connects_in_one_step() {
     let s = wait(c.socket_connect(SOCK_STREAM, IPPROTO_TCP, v4(), addr, 0, None)).unwrap();
     let acc = wait(acc).unwrap();
     assert_eq!(acc.remote, s.local_address().unwrap());
-    assert_eq!(wait(c.socket_connect(SOCK_STREAM, IPPROTO_TCP, v4(), addr, 1, None)).unwrap_err().status(), Status::INVALID_PARAMETER);
-    assert_eq!(wait(c.socket_connect(SOCK_STREAM, IPPROTO_TCP, v6(), addr, 0, None)).unwrap_err().status(), Status::INVALID_ADDRESS_COMPONENT);
+    assert_eq!(
+        wait(c.socket_connect(SOCK_STREAM, IPPROTO_TCP, v4(), addr, 1, None))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_PARAMETER
+    );
+    assert_eq!(
+        wait(c.socket_connect(SOCK_STREAM, IPPROTO_TCP, v6(), addr, 0, None))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_ADDRESS_COMPONENT
+    );
 }
 
 #[test]
@@ -385,27 +527,64 @@ fn control_client_transport_list_and_static_events() {
     let wsk = Subsystem::new(1).unwrap();
     let c = wsk.client();
     let mut small = [0u8; 8];
-    let e = c.control_client(WSK_TRANSPORT_LIST_QUERY, &[], &mut small).unwrap_err();
-    let Error::BufferOverflow { needed } = e else { panic!("{e:?}") };
+    let e = c
+        .control_client(WSK_TRANSPORT_LIST_QUERY, &[], &mut small)
+        .unwrap_err();
+    let Error::BufferOverflow { needed } = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.status(), Status::BUFFER_OVERFLOW);
     let mut out = vec![0u8; needed];
-    assert_eq!(c.control_client(WSK_TRANSPORT_LIST_QUERY, &[], &mut out).unwrap(), needed);
-    let ts: Vec<_> = out.chunks(Transport::ENCODED_LEN).filter_map(Transport::decode).collect();
+    assert_eq!(
+        c.control_client(WSK_TRANSPORT_LIST_QUERY, &[], &mut out)
+            .unwrap(),
+        needed
+    );
+    let ts: Vec<_> = out
+        .chunks(Transport::ENCODED_LEN)
+        .filter_map(Transport::decode)
+        .collect();
     assert_eq!(ts, c.transport_list());
-    assert_eq!(c.control_client(WSK_CACHE_SD, &[], &mut []).unwrap_err().status(), Status::NOT_IMPLEMENTED);
-    assert_eq!(c.control_client(77, &[], &mut []).unwrap_err().status(), Status::INVALID_PARAMETER);
+    assert_eq!(
+        c.control_client(WSK_CACHE_SD, &[], &mut [])
+            .unwrap_err()
+            .status(),
+        Status::NOT_IMPLEMENTED
+    );
+    assert_eq!(
+        c.control_client(77, &[], &mut []).unwrap_err().status(),
+        Status::INVALID_PARAMETER
+    );
 
     // Static receive events: every connection socket with a dispatch gets them, for good.
     let mut input = wsk::npi::NPI_WSK_INTERFACE_ID_BYTES.to_vec();
     input.extend_from_slice(&(EventMask::RECEIVE.0 | EventMask::ACCEPT.0).to_le_bytes());
-    assert_eq!(c.control_client(WSK_SET_STATIC_EVENT_CALLBACKS, &input[..10], &mut []).unwrap_err().status(), Status::BUFFER_TOO_SMALL);
-    c.control_client(WSK_SET_STATIC_EVENT_CALLBACKS, &input, &mut []).unwrap();
-    let ev = Arc::new(EchoListen { conns: Mutex::new(Vec::new()), accepted: AtomicUsize::new(0) });
+    assert_eq!(
+        c.control_client(WSK_SET_STATIC_EVENT_CALLBACKS, &input[..10], &mut [])
+            .unwrap_err()
+            .status(),
+        Status::BUFFER_TOO_SMALL
+    );
+    c.control_client(WSK_SET_STATIC_EVENT_CALLBACKS, &input, &mut [])
+        .unwrap();
+    let ev = Arc::new(EchoListen {
+        conns: Mutex::new(Vec::new()),
+        accepted: AtomicUsize::new(0),
+    });
     let l = c.listen_socket(Family::V4, Some(ev.clone())).unwrap();
     wait(l.bind(v4())).unwrap(); // accept event already on: no enable call
-    assert_eq!(l.disable_events(EventMask::ACCEPT).unwrap_err().status(), Status::INVALID_PARAMETER);
-    assert_eq!(c.set_static_event_callbacks(EventMask::RECEIVE).unwrap_err().status(), Status::INVALID_DEVICE_STATE);
-    let s = wait(c.socket_connect(SOCK_STREAM, 0, v4(), l.local_address().unwrap(), 0, None)).unwrap();
+    assert_eq!(
+        l.disable_events(EventMask::ACCEPT).unwrap_err().status(),
+        Status::INVALID_PARAMETER
+    );
+    assert_eq!(
+        c.set_static_event_callbacks(EventMask::RECEIVE)
+            .unwrap_err()
+            .status(),
+        Status::INVALID_DEVICE_STATE
+    );
+    let s =
+        wait(c.socket_connect(SOCK_STREAM, 0, v4(), l.local_address().unwrap(), 0, None)).unwrap();
     wait(s.send(b"static".to_vec())).unwrap();
     assert_eq!(recv_exact(&s, 6), b"static");
 }
@@ -430,7 +609,8 @@ fn close_from_inside_a_callback_and_blocking_waits_are_refused_there() {
     let (a, b) = connected_pair(&c, v4());
     let (tx, rx) = mpsc::channel();
     let ev = Arc::new(Ev(tx, Mutex::new(None)));
-    b.set_dispatch(SocketDispatch::Connection(ev.clone())).unwrap();
+    b.set_dispatch(SocketDispatch::Connection(ev.clone()))
+        .unwrap();
     let bh = b.handle();
     *ev.1.lock().unwrap() = Some(b);
     bh.enable_events(EventMask::RECEIVE).unwrap();
@@ -438,7 +618,10 @@ fn close_from_inside_a_callback_and_blocking_waits_are_refused_there() {
     assert_eq!(rx.recv_timeout(T).unwrap(), Error::WouldDeadlock);
     let deadline = std::time::Instant::now() + T;
     while !bh.is_closed() {
-        assert!(std::time::Instant::now() < deadline, "socket not closed by its callback");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socket not closed by its callback"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(c.open_sockets(), 1);
@@ -449,10 +632,34 @@ fn close_from_inside_a_callback_and_blocking_waits_are_refused_there() {
 fn name_resolution_runs_off_the_io_threads() {
     let wsk = Subsystem::new(1).unwrap();
     let c = wsk.client();
-    let list = wait(c.get_address_info(Some("localhost"), Some("7"), AddrInfoHints { family: Some(Family::V4), ..Default::default() })).unwrap();
-    assert!(list.entries.iter().any(|e| e.addr == "127.0.0.1:7".parse().unwrap()));
+    let list = wait(c.get_address_info(
+        Some("localhost"),
+        Some("7"),
+        AddrInfoHints {
+            family: Some(Family::V4),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    assert!(
+        list.entries
+            .iter()
+            .any(|e| e.addr == "127.0.0.1:7".parse().unwrap())
+    );
     c.free_address_info(list);
-    let ni = wait(c.get_name_info("127.0.0.1:80".parse().unwrap(), NameInfoFlags::NUMERICHOST)).unwrap();
-    assert_eq!(ni, NameInfo { host: "127.0.0.1".into(), service: "http".into() });
-    assert_eq!(wait(c.get_address_info(None, None, AddrInfoHints::default())).unwrap_err().status(), Status::INVALID_PARAMETER);
+    let ni =
+        wait(c.get_name_info("127.0.0.1:80".parse().unwrap(), NameInfoFlags::NUMERICHOST)).unwrap();
+    assert_eq!(
+        ni,
+        NameInfo {
+            host: "127.0.0.1".into(),
+            service: "http".into()
+        }
+    );
+    assert_eq!(
+        wait(c.get_address_info(None, None, AddrInfoHints::default()))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_PARAMETER
+    );
 }
