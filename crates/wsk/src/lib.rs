@@ -42,7 +42,10 @@ mod reactor;
 mod registration;
 mod socket;
 mod status;
-#[expect(unsafe_code, reason = "the two OS calls std and socket2 do not wrap safely")]
+#[expect(
+    unsafe_code,
+    reason = "the two OS calls std and socket2 do not wrap safely"
+)]
 mod sys;
 
 pub use addrinfo::{AddrInfo, AddrInfoHints, AddrInfoList, NameInfo, NameInfoFlags};
