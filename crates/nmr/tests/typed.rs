@@ -88,12 +88,18 @@ impl Notify for AtomicUsizeWrapper {
 
 impl Client<CalcNpi> for CalcClient {
     type BindingContext = u16;
-    fn attach_provider(&self, peer: &PeerInfo<'_, Version>, attach: &mut ClientAttach<'_, CalcNpi>) -> Result<u16, Declined> {
+    fn attach_provider(
+        &self,
+        peer: &PeerInfo<'_, Version>,
+        attach: &mut ClientAttach<'_, CalcNpi>,
+    ) -> Result<u16, Declined> {
         let v = peer.characteristics.ok_or(Declined::no_interface())?;
         if v.0 != self.want_version {
             return Err(Declined::no_interface());
         }
-        let b = attach.attach(self.notified.clone()).map_err(Declined::with_status)?;
+        let b = attach
+            .attach(self.notified.clone())
+            .map_err(Declined::with_status)?;
         self.providers.lock().unwrap().push(b);
         Ok(v.0)
     }
@@ -114,9 +120,19 @@ fn info(n: u128, name: &str) -> ModuleInfo {
 fn typed_modules_attach_and_call_each_other_through_bindings() {
     let r = Registrar::new();
     let prov = Arc::new(CalcProvider::default());
-    let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov.clone()).unwrap();
-    let cli = Arc::new(CalcClient { want_version: 2, ..Default::default() });
-    let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+    let pr = ProviderRegistration::<CalcNpi>::register(
+        &r,
+        info(1, "calc"),
+        Some(Version(2)),
+        prov.clone(),
+    )
+    .unwrap();
+    let cli = Arc::new(CalcClient {
+        want_version: 2,
+        ..Default::default()
+    });
+    let cr =
+        ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
     let b = cli.providers.lock().unwrap()[0].clone();
     assert_eq!(b.call(|c| c.add(2, 3)), Ok(5));
     {
@@ -131,8 +147,20 @@ fn typed_modules_attach_and_call_each_other_through_bindings() {
     cr.unload();
     assert_eq!(b.call(|c| c.add(1, 1)), Err(Detached));
     assert_eq!(back.call(|n| n.notify(1)), Err(Detached));
-    assert_eq!((cli.detaches.load(Ordering::SeqCst), cli.cleanups.load(Ordering::SeqCst)), (1, 1));
-    assert_eq!((prov.detaches.load(Ordering::SeqCst), prov.cleanups.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(
+        (
+            cli.detaches.load(Ordering::SeqCst),
+            cli.cleanups.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        (
+            prov.detaches.load(Ordering::SeqCst),
+            prov.cleanups.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
     pr.unload();
     assert!(r.snapshot().registrations.is_empty());
 }
@@ -141,9 +169,19 @@ fn typed_modules_attach_and_call_each_other_through_bindings() {
 fn typed_characteristics_drive_refusal() {
     let r = Registrar::new();
     let prov = Arc::new(CalcProvider::default());
-    let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc-v1"), Some(Version(1)), prov.clone()).unwrap();
-    let cli = Arc::new(CalcClient { want_version: 2, ..Default::default() });
-    let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+    let pr = ProviderRegistration::<CalcNpi>::register(
+        &r,
+        info(1, "calc-v1"),
+        Some(Version(1)),
+        prov.clone(),
+    )
+    .unwrap();
+    let cli = Arc::new(CalcClient {
+        want_version: 2,
+        ..Default::default()
+    });
+    let cr =
+        ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
     assert!(cli.providers.lock().unwrap().is_empty());
     assert!(r.snapshot().bindings.is_empty());
     cr.unload();
@@ -156,14 +194,28 @@ fn detach_pends_while_a_call_is_in_flight_and_completes_when_it_returns() {
     within(20, || {
         let r = Registrar::new();
         let prov = Arc::new(CalcProvider::default());
-        let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov.clone()).unwrap();
-        let cli = Arc::new(CalcClient { want_version: 2, ..Default::default() });
-        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+        let pr = ProviderRegistration::<CalcNpi>::register(
+            &r,
+            info(1, "calc"),
+            Some(Version(2)),
+            prov.clone(),
+        )
+        .unwrap();
+        let cli = Arc::new(CalcClient {
+            want_version: 2,
+            ..Default::default()
+        });
+        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone())
+            .unwrap();
         let b = cli.providers.lock().unwrap()[0].clone();
         let guard = b.enter_owned().unwrap();
         let dereg = pr.deregister();
         assert!(b.is_detaching());
-        assert_eq!(b.call(|c| c.add(1, 1)), Err(Detached), "no call starts after detach began");
+        assert_eq!(
+            b.call(|c| c.add(1, 1)),
+            Err(Detached),
+            "no call starts after detach began"
+        );
         assert!(!dereg.is_complete(), "a call is in flight");
         assert_eq!(cli.cleanups.load(Ordering::SeqCst), 0);
         // The call in flight still works, on another thread too.
@@ -184,10 +236,23 @@ fn detach_pends_while_a_call_is_in_flight_and_completes_when_it_returns() {
 fn a_detach_hold_keeps_the_detach_pending_until_dropped() {
     within(20, || {
         let r = Registrar::new();
-        let prov = Arc::new(CalcProvider { hold_detach: AtomicBool::new(true), ..Default::default() });
-        let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov.clone()).unwrap();
-        let cli = Arc::new(CalcClient { want_version: 2, ..Default::default() });
-        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+        let prov = Arc::new(CalcProvider {
+            hold_detach: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let pr = ProviderRegistration::<CalcNpi>::register(
+            &r,
+            info(1, "calc"),
+            Some(Version(2)),
+            prov.clone(),
+        )
+        .unwrap();
+        let cli = Arc::new(CalcClient {
+            want_version: 2,
+            ..Default::default()
+        });
+        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone())
+            .unwrap();
         let dereg = cr.deregister();
         assert_eq!(prov.holds.lock().unwrap().len(), 1);
         assert!(!dereg.is_complete());
@@ -207,10 +272,20 @@ fn a_detach_hold_keeps_the_detach_pending_until_dropped() {
 fn dropping_a_registration_deregisters_and_waits() {
     let r = Registrar::new();
     let prov = Arc::new(CalcProvider::default());
-    let cli = Arc::new(CalcClient { want_version: 2, ..Default::default() });
+    let cli = Arc::new(CalcClient {
+        want_version: 2,
+        ..Default::default()
+    });
     {
-        let _pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov.clone()).unwrap();
-        let _cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+        let _pr = ProviderRegistration::<CalcNpi>::register(
+            &r,
+            info(1, "calc"),
+            Some(Version(2)),
+            prov.clone(),
+        )
+        .unwrap();
+        let _cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone())
+            .unwrap();
         assert_eq!(r.snapshot().bindings.len(), 1);
     }
     assert!(r.snapshot().registrations.is_empty());
@@ -230,9 +305,16 @@ impl Npi for Impostor {
 struct ImpostorClient(AtomicUsize);
 impl Client<Impostor> for ImpostorClient {
     type BindingContext = ();
-    fn attach_provider(&self, _: &PeerInfo<'_, Version>, attach: &mut ClientAttach<'_, Impostor>) -> Result<(), Declined> {
+    fn attach_provider(
+        &self,
+        _: &PeerInfo<'_, Version>,
+        attach: &mut ClientAttach<'_, Impostor>,
+    ) -> Result<(), Declined> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        attach.attach(Arc::new(())).map(|_| ()).map_err(Declined::with_status)
+        attach
+            .attach(Arc::new(()))
+            .map(|_| ())
+            .map_err(Declined::with_status)
     }
 }
 
@@ -240,10 +322,21 @@ impl Client<Impostor> for ImpostorClient {
 fn modules_of_another_type_for_the_same_npi_id_never_pair() {
     let r = Registrar::new();
     let prov = Arc::new(CalcProvider::default());
-    let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov.clone()).unwrap();
+    let pr = ProviderRegistration::<CalcNpi>::register(
+        &r,
+        info(1, "calc"),
+        Some(Version(2)),
+        prov.clone(),
+    )
+    .unwrap();
     let imp = Arc::new(ImpostorClient(AtomicUsize::new(0)));
-    let ir = ClientRegistration::<Impostor>::register(&r, info(3, "impostor"), None, imp.clone()).unwrap();
-    assert_eq!(imp.0.load(Ordering::SeqCst), 0, "declined before the module saw it");
+    let ir = ClientRegistration::<Impostor>::register(&r, info(3, "impostor"), None, imp.clone())
+        .unwrap();
+    assert_eq!(
+        imp.0.load(Ordering::SeqCst),
+        0,
+        "declined before the module saw it"
+    );
     assert!(r.snapshot().bindings.is_empty());
     ir.unload();
     pr.unload();
