@@ -122,7 +122,7 @@ impl Module {
             "detach called twice on one side"
         );
         // Sometimes keep the detach pending and let another thread complete it.
-        if self.seed.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+        if self.seed.fetch_add(1, Ordering::Relaxed).is_multiple_of(3) {
             self.holds.lock().unwrap().push(hold);
         }
     }
