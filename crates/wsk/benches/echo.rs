@@ -37,7 +37,8 @@ impl MioServer {
             poll.registry()
                 .register(&mut listener, Token(usize::MAX), Interest::READABLE)
                 .unwrap();
-            let mut conns: slab::Slab<(TcpStream, Vec<u8>)> = slab::Slab::new();
+            // Per connection: the stream, and bytes owed to it (`out[off..]`).
+            let mut conns: slab::Slab<(TcpStream, Vec<u8>, usize)> = slab::Slab::new();
             let mut events = Events::with_capacity(256);
             let mut buf = vec![0u8; 64 << 10];
             while !stop2.load(Ordering::Relaxed) {
@@ -55,21 +56,21 @@ impl MioServer {
                                     Interest::READABLE | Interest::WRITABLE,
                                 )
                                 .unwrap();
-                            e.insert((s, Vec::new()));
+                            e.insert((s, Vec::new(), 0));
                         }
                         continue;
                     }
                     let k = ev.token().0;
-                    let Some((s, out)) = conns.get_mut(k) else {
+                    let Some((s, out, off)) = conns.get_mut(k) else {
                         continue;
                     };
                     let mut closed = false;
-                    // Flush what is owed, then echo what arrives.
+                    // Flush what is owed; only then take more data (back-pressure).
                     loop {
-                        if !out.is_empty() {
-                            match s.write(out) {
+                        if *off < out.len() {
+                            match s.write(&out[*off..]) {
                                 Ok(n) => {
-                                    out.drain(..n);
+                                    *off += n;
                                     continue;
                                 }
                                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -79,6 +80,8 @@ impl MioServer {
                                 }
                             }
                         }
+                        out.clear();
+                        *off = 0;
                         match s.read(&mut buf) {
                             Ok(0) => {
                                 closed = true;
@@ -102,7 +105,7 @@ impl MioServer {
                         }
                     }
                     if closed {
-                        let (mut s, _) = conns.remove(k);
+                        let (mut s, _, _) = conns.remove(k);
                         let _ = poll.registry().deregister(&mut s);
                     }
                 }
@@ -293,8 +296,32 @@ fn throughput(c: &mut Criterion) {
     bench_pair(c, "throughput", 4, 256 << 10, Throughput::Bytes(256 << 10));
 }
 
+/// CPU time used so far by every thread of this process, in ns (`/proc/self/task/*/schedstat`).
+fn cpu_ns() -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 /// Interleaved A/B rounds in one process: the median per-round ratio is robust to the load
-/// drifting on a shared machine (criterion measures the two functions minutes apart).
+/// drifting on a shared machine (criterion measures the two functions seconds apart). Also
+/// reports CPU time per round trip (all threads of the process), which other processes on
+/// the machine disturb far less than wall-clock time.
 fn interleaved(name: &str, connections: usize, size: usize, requests: u64) {
     let server = MioServer::start();
     let mut mio_client = MioClient::connect(server.addr, connections, size);
@@ -310,21 +337,30 @@ fn interleaved(name: &str, connections: usize, size: usize, requests: u64) {
         },
     )
     .unwrap();
-    let mut ratios = Vec::new();
-    for _ in 0..9 {
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..11 {
+        let c0 = cpu_ns();
         let m = mio_client.run(requests);
+        let c1 = cpu_ns();
         let w = client.run(RunLimit {
             requests: Some(requests),
             ..Default::default()
         });
+        let c2 = cpu_ns();
         assert_eq!(w.errors, 0);
         let m_rate = requests as f64 / m.as_secs_f64();
-        ratios.push(w.requests_per_sec() / m_rate);
+        wall.push(w.requests_per_sec() / m_rate);
+        let m_cpu = (c1 - c0) as f64 / requests as f64;
+        let w_cpu = (c2 - c1) as f64 / w.requests as f64;
+        cpu.push(m_cpu / w_cpu);
     }
-    ratios.sort_by(f64::total_cmp);
+    let (wm, wlo, whi) = median(wall);
+    let (cm, clo, chi) = median(cpu);
     println!(
-        "{name}: wsk/mio = {:.3} (median of 9 interleaved rounds; min {:.3}, max {:.3})",
-        ratios[4], ratios[0], ratios[8]
+        "{name}: wall-clock rate wsk/mio = {wm:.3} (median of 11 interleaved rounds; min {wlo:.3}, max {whi:.3})"
+    );
+    println!(
+        "{name}: CPU efficiency wsk/mio = {cm:.3} (mio CPU per round trip / wsk CPU per round trip; min {clo:.3}, max {chi:.3})"
     );
     client.close();
     echo.stop();
