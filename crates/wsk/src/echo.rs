@@ -81,14 +81,22 @@ impl EchoConn {
         let n = data.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let me = self.clone();
-        let s2 = s.clone();
-        s.send(data).on_complete(move |r| {
-            let left = me.queued.fetch_sub(n, Ordering::AcqRel) - n;
-            if r.is_ok() && left < ECHO_BACKLOG / 2 && me.paused.swap(false, Ordering::AcqRel) {
-                me.resume(&s2);
-            }
-        });
+        let op = s.send(data);
+        if op.is_complete() {
+            // Sent inline (the common case): no routine, no handles to clone.
+            self.sent(s, n, op.wait().is_ok());
+        } else {
+            let me = self.clone();
+            let s2 = s.clone();
+            op.on_complete(move |r| me.sent(&s2, n, r.is_ok()));
+        }
+    }
+
+    fn sent(self: &Arc<Self>, s: &ConnectionRef, n: usize, ok: bool) {
+        let left = self.queued.fetch_sub(n, Ordering::AcqRel) - n;
+        if ok && left < ECHO_BACKLOG / 2 && self.paused.swap(false, Ordering::AcqRel) {
+            self.resume(s);
+        }
     }
 
     /// Backlog drained: take the held data (and anything after it) with receive operations
@@ -388,12 +396,17 @@ enum Step {
 /// Drive one connection's request/response loop. Operations that finish inline are handled
 /// in this loop; a pending one continues from its completion routine (on an I/O thread).
 /// A connection's steps never run concurrently, so its tally needs no synchronisation.
-fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
+fn drive(conn: Arc<LoadConn>, run: Arc<Run>, step: Step) {
+    // The context moves along with the connection's single thread of control: no refcount
+    // traffic on the shared `Run` per operation.
+    let mut ctx = (conn, run);
+    let mut step = step;
     loop {
+        let (conn, run) = (&ctx.0, &ctx.1);
         step = match step {
             Step::Send(bufs, tally) => {
                 if run.should_stop(&tally) {
-                    return run.finished(&conn, bufs, tally);
+                    return run.finished(conn, bufs, tally);
                 }
                 let Bufs { send, recv } = bufs;
                 let op = conn.socket.send(send);
@@ -407,8 +420,11 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
                         tally,
                     ),
                 };
-                match settle(op, &conn, &run, next) {
-                    Some(next) => next,
+                match settle(op, ctx, next) {
+                    Some((next, c)) => {
+                        ctx = c;
+                        next
+                    }
                     None => return,
                 }
             }
@@ -446,12 +462,15 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
                         Step::Receive(bufs, tally, got)
                     }
                 };
-                match settle(op, &conn, &run, next) {
-                    Some(next) => next,
+                match settle(op, ctx, next) {
+                    Some((next, c)) => {
+                        ctx = c;
+                        next
+                    }
                     None => return,
                 }
             }
-            Step::Failed(bufs, tally) => return run.failed(&conn, bufs, tally),
+            Step::Failed(bufs, tally) => return run.failed(conn, bufs, tally),
         };
     }
 }
@@ -460,15 +479,13 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, mut step: Step) {
 /// completion routine and return `None`.
 fn settle(
     op: Op<Transfer>,
-    conn: &Arc<LoadConn>,
-    run: &Arc<Run>,
+    ctx: (Arc<LoadConn>, Arc<Run>),
     next: impl FnOnce(Result<Transfer>) -> Step + Send + 'static,
-) -> Option<Step> {
+) -> Option<(Step, (Arc<LoadConn>, Arc<Run>))> {
     if op.is_complete() {
-        return Some(next(op.wait()));
+        return Some((next(op.wait()), ctx));
     }
-    let (conn, run) = (conn.clone(), run.clone());
-    op.on_complete(move |r| drive(conn, run, next(r)));
+    op.on_complete(move |r| drive(ctx.0, ctx.1, next(r)));
     None
 }
 
