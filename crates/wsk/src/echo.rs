@@ -475,13 +475,16 @@ fn drive(conn: Arc<LoadConn>, run: Arc<Run>, step: Step) {
     }
 }
 
+/// What a connection's driver carries from step to step.
+type DriveCtx = (Arc<LoadConn>, Arc<Run>);
+
 /// If `op` already completed, map its result now; otherwise continue `drive` from its
 /// completion routine and return `None`.
 fn settle(
     op: Op<Transfer>,
-    ctx: (Arc<LoadConn>, Arc<Run>),
+    ctx: DriveCtx,
     next: impl FnOnce(Result<Transfer>) -> Step + Send + 'static,
-) -> Option<(Step, (Arc<LoadConn>, Arc<Run>))> {
+) -> Option<(Step, DriveCtx)> {
     if op.is_complete() {
         return Some((next(op.wait()), ctx));
     }
