@@ -42,6 +42,7 @@ mod reactor;
 mod registration;
 mod socket;
 mod status;
+mod sync;
 #[expect(
     unsafe_code,
     reason = "the two OS calls std and socket2 do not wrap safely"
@@ -59,7 +60,7 @@ pub use events::{
     ConnectionEvents, DatagramEvents, DisconnectKind, EventMask, ListenEvents, ReceiveVerdict,
     SocketDispatch,
 };
-pub use op::Op;
+pub use op::{Completer, Op};
 pub use provider::{
     ClientEventFn, NPI_WSK_INTERFACE_ID, ProviderConfig, WSK_PROVIDER_MODULE_ID, WskClientDispatch,
     WskNpi, WskProvider,

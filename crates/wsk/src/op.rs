@@ -20,8 +20,8 @@
 
 use crate::reactor::on_io_thread;
 use crate::socket::SocketCore;
+use crate::sync::{self, Condvar, Mutex};
 use crate::{Error, Result, Status};
-use parking_lot::{Condvar, Mutex};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -57,7 +57,7 @@ struct Shared<T> {
 impl<T> Shared<T> {
     /// Deliver the result unless something else did first. Returns whether it was delivered.
     fn finish(&self, result: Result<T>) -> bool {
-        let mut st = self.state.lock();
+        let mut st = sync::lock(&self.state);
         match std::mem::replace(&mut *st, State::Taken) {
             State::Pending {
                 waker,
@@ -109,14 +109,22 @@ enum Inner<T> {
     Shared(Arc<Shared<T>>),
 }
 
-/// The provider's side of an [`Op`]: completes it exactly once.
-pub(crate) struct Completer<T> {
+/// The completing side of an [`Op`]: completes it at most once; dropping it without
+/// completing completes the operation with [`Error::Cancelled`].
+pub struct Completer<T> {
     shared: Option<Arc<Shared<T>>>,
 }
 
 impl<T: Send + 'static> Op<T> {
-    /// A new pending operation and its completer.
-    pub(crate) fn pending() -> (Op<T>, Completer<T>) {
+    /// A new pending operation and the [`Completer`] that completes it: the primitive every
+    /// WSK operation is built on, public for code that layers its own operations on top.
+    ///
+    /// ```
+    /// let (op, done) = wsk::Op::<u32>::pending();
+    /// std::thread::spawn(move || done.complete(Ok(42)));
+    /// assert_eq!(op.wait(), Ok(42));
+    /// ```
+    pub fn pending() -> (Op<T>, Completer<T>) {
         Self::with_hook(None)
     }
 
@@ -167,7 +175,7 @@ impl<T: Send + 'static> Op<T> {
     pub fn is_complete(&self) -> bool {
         match &self.inner {
             Inner::Ready(_) => true,
-            Inner::Shared(s) => !matches!(&*s.state.lock(), State::Pending { .. }),
+            Inner::Shared(s) => !matches!(&*sync::lock(&s.state), State::Pending { .. }),
         }
     }
 
@@ -177,7 +185,7 @@ impl<T: Send + 'static> Op<T> {
         let Inner::Shared(shared) = &self.inner else {
             return;
         };
-        let hook = match &mut *shared.state.lock() {
+        let hook = match &mut *sync::lock(&shared.state) {
             State::Pending { cancel, .. } => cancel.take(),
             _ => return,
         };
@@ -215,7 +223,7 @@ impl<T: Send + 'static> Op<T> {
             Inner::Ready(r) => return Ok(r.take().unwrap_or(Err(Error::Cancelled))),
             Inner::Shared(s) => s.clone(),
         };
-        let mut st = shared.state.lock();
+        let mut st = sync::lock(&shared.state);
         loop {
             match std::mem::replace(&mut *st, State::Taken) {
                 State::Ready(r) => return Ok(r),
@@ -226,12 +234,12 @@ impl<T: Send + 'static> Op<T> {
                 return Ok(Err(Error::WouldDeadlock));
             }
             match deadline {
-                None => shared.cond.wait(&mut st),
+                None => st = sync::wait(&shared.cond, st),
                 Some(d) => {
-                    if shared.cond.wait_until(&mut st, d).timed_out() {
-                        if let State::Ready(_) = &*st {
-                            continue;
-                        }
+                    let left = d.saturating_duration_since(Instant::now());
+                    let (g, timed_out) = sync::wait_timeout(&shared.cond, st, left);
+                    st = g;
+                    if timed_out && !matches!(&*st, State::Ready(_)) {
                         drop(st);
                         return Err(self);
                     }
@@ -248,7 +256,7 @@ impl<T: Send + 'static> Op<T> {
             Inner::Ready(r) => return f(r.take().unwrap_or(Err(Error::Cancelled))),
             Inner::Shared(s) => s.clone(),
         };
-        let mut st = shared.state.lock();
+        let mut st = sync::lock(&shared.state);
         match &mut *st {
             State::Pending { routine, .. } => {
                 *routine = Some(Box::new(f));
@@ -280,7 +288,7 @@ impl<T> Future for Op<T> {
             Inner::Ready(r) => return Poll::Ready(r.take().unwrap_or(Err(Error::Cancelled))),
             Inner::Shared(s) => s,
         };
-        let mut st = shared.state.lock();
+        let mut st = sync::lock(&shared.state);
         match &mut *st {
             State::Pending { waker, .. } => {
                 match waker {
@@ -306,7 +314,7 @@ impl<T> fmt::Debug for Op<T> {
             Inner::Ready(Some(Ok(_))) => "completed",
             Inner::Ready(Some(Err(_))) => "failed",
             Inner::Ready(None) => "consumed",
-            Inner::Shared(s) => match &*s.state.lock() {
+            Inner::Shared(s) => match &*sync::lock(&s.state) {
                 State::Pending { .. } => "pending",
                 State::Ready(Ok(_)) => "completed",
                 State::Ready(Err(_)) => "failed",
@@ -321,8 +329,9 @@ impl<T> fmt::Debug for Op<T> {
 }
 
 impl<T> Completer<T> {
-    /// Complete the operation. Returns false if it had already completed (e.g. cancelled).
-    pub(crate) fn complete(mut self, result: Result<T>) -> bool {
+    /// Complete the operation. Returns false if it had already completed (e.g. cancelled),
+    /// in which case `result` is dropped.
+    pub fn complete(mut self, result: Result<T>) -> bool {
         match self.shared.take() {
             Some(s) => s.finish(result),
             None => false,
@@ -333,7 +342,7 @@ impl<T> Completer<T> {
     /// removing it from a socket queue and completing it with `Cancelled`).
     pub(crate) fn set_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         if let Some(s) = &self.shared
-            && let State::Pending { cancel, .. } = &mut *s.state.lock()
+            && let State::Pending { cancel, .. } = &mut *sync::lock(&s.state)
         {
             *cancel = Some(CancelHook::Fn(Box::new(hook)));
         }
