@@ -131,6 +131,22 @@ pub struct CounterSnapshot {
     pub clients: u64,
 }
 
+impl fmt::Display for CounterSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sockets opened, {} closed, {} bytes sent, {} received, {} reactor wakeups for {} events, {} clients",
+            self.sockets_opened,
+            self.sockets_closed,
+            self.bytes_sent,
+            self.bytes_received,
+            self.reactor_wakeups,
+            self.reactor_events,
+            self.clients
+        )
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 pub(crate) struct SubsystemInner {

@@ -312,6 +312,33 @@ pub struct LoadStats {
     pub elapsed: Duration,
 }
 
+impl std::fmt::Display for LoadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests over {} connections in {:.2?} ({:.0}/s), {} bytes sent, {} echoed ({:.1} MiB/s), {} errors",
+            self.requests,
+            self.connections,
+            self.elapsed,
+            self.requests_per_sec(),
+            self.bytes_sent,
+            self.bytes_echoed,
+            self.echoed_bytes_per_sec() / (1024.0 * 1024.0),
+            self.errors
+        )
+    }
+}
+
+impl std::fmt::Display for EchoStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connections accepted ({} open), {} bytes echoed",
+            self.connections, self.active, self.bytes_echoed
+        )
+    }
+}
+
 impl LoadStats {
     /// Round trips per second.
     pub fn requests_per_sec(&self) -> f64 {

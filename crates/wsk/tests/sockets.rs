@@ -663,3 +663,52 @@ fn name_resolution_runs_off_the_io_threads() {
         Status::INVALID_PARAMETER
     );
 }
+
+#[test]
+fn socket_options_round_trip_and_respect_the_category() {
+    let wsk = Subsystem::new(1).unwrap();
+    let c = wsk.client();
+    let (a, _b) = connected_pair(&c, v4());
+    wait(a.control(SocketControl::SetOption(SockOpt::NoDelay, 1))).unwrap();
+    assert_eq!(
+        wait(a.control(SocketControl::GetOption(SockOpt::NoDelay))).unwrap(),
+        1
+    );
+    wait(a.control(SocketControl::SetOption(SockOpt::NoDelay, 0))).unwrap();
+    assert_eq!(
+        wait(a.control(SocketControl::GetOption(SockOpt::NoDelay))).unwrap(),
+        0
+    );
+    wait(a.control(SocketControl::SetOption(SockOpt::RecvBufferSize, 1 << 16))).unwrap();
+    assert!(wait(a.control(SocketControl::GetOption(SockOpt::RecvBufferSize))).unwrap() >= 1 << 16);
+    let d = c.datagram_socket(Family::V6, None).unwrap();
+    assert_eq!(
+        wait(d.control(SocketControl::SetOption(SockOpt::NoDelay, 1)))
+            .unwrap_err()
+            .status(),
+        Status::INVALID_DEVICE_REQUEST
+    );
+    assert_eq!(
+        d.enable_events(EventMask::RECEIVE_FROM)
+            .unwrap_err()
+            .status(),
+        Status::INVALID_DEVICE_STATE,
+        "no dispatch table"
+    );
+    wait(d.control(SocketControl::SetOption(SockOpt::ReuseAddress, 1))).unwrap();
+    assert_eq!(
+        wait(d.control(SocketControl::GetOption(SockOpt::ReuseAddress))).unwrap(),
+        1
+    );
+    // Operations on a closed socket fail cleanly through a leftover handle.
+    let h = d.handle();
+    drop(d);
+    assert_eq!(
+        wait(h.control(SocketControl::GetOption(SockOpt::ReuseAddress))).unwrap_err(),
+        Error::SocketClosed
+    );
+    assert_eq!(
+        wait(h.receive_from(vec![0; 4])).unwrap_err(),
+        Error::SocketClosed
+    );
+}
