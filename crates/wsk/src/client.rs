@@ -379,7 +379,7 @@ fn category_of(flags: u32) -> Result<Category> {
         WSK_FLAG_LISTEN_SOCKET => Ok(Category::Listen),
         WSK_FLAG_CONNECTION_SOCKET => Ok(Category::Connection),
         WSK_FLAG_DATAGRAM_SOCKET => Ok(Category::Datagram),
-        WSK_FLAG_STREAM_SOCKET => Err(Error::Unsupported("socket category (stream sockets)")),
+        WSK_FLAG_STREAM_SOCKET => Ok(Category::Stream),
         _ => Err(Error::InvalidParameter(
             "flags must name exactly one socket category",
         )),
@@ -389,7 +389,7 @@ fn category_of(flags: u32) -> Result<Category> {
 fn check_type(category: Category, socket_type: u16, protocol: u32) -> Result<()> {
     let (want_ty, want_proto) = match category {
         Category::Datagram => (SOCK_DGRAM, IPPROTO_UDP),
-        Category::Listen | Category::Connection => (SOCK_STREAM, IPPROTO_TCP),
+        Category::Listen | Category::Connection | Category::Stream => (SOCK_STREAM, IPPROTO_TCP),
         Category::Basic => match socket_type {
             SOCK_DGRAM => (SOCK_DGRAM, IPPROTO_UDP),
             _ => (SOCK_STREAM, IPPROTO_TCP),
@@ -452,14 +452,7 @@ impl WskClient {
         let family = Family::from_raw(family)?;
         let category = category_of(flags)?;
         check_type(category, socket_type, protocol)?;
-        let ok = matches!(
-            (&dispatch, category),
-            (SocketDispatch::None, _)
-                | (SocketDispatch::Listen(_), Category::Listen)
-                | (SocketDispatch::Connection(_), Category::Connection)
-                | (SocketDispatch::Datagram(_), Category::Datagram)
-        );
-        if !ok {
+        if !dispatch.fits(category) {
             return Err(Error::InvalidParameter(
                 "dispatch table does not match the socket category",
             ));
@@ -522,6 +515,29 @@ impl WskClient {
             d,
         )?
         .into_datagram()
+    }
+
+    /// Typed `WskSocket` for a stream socket, with the event tables it uses when it listens
+    /// and when it is connected.
+    pub fn stream_socket(
+        &self,
+        family: Family,
+        listen: Option<Arc<dyn crate::ListenEvents>>,
+        connection: Option<Arc<dyn crate::ConnectionEvents>>,
+    ) -> Result<crate::StreamSocket> {
+        let d = if listen.is_none() && connection.is_none() {
+            SocketDispatch::None
+        } else {
+            SocketDispatch::Stream { listen, connection }
+        };
+        self.create(
+            raw_family(family),
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            WSK_FLAG_STREAM_SOCKET,
+            d,
+        )?
+        .into_stream()
     }
 
     /// `WskSocketConnect`: create, bind to `local` and connect to `remote` in one step. The

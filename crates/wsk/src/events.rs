@@ -115,6 +115,50 @@ pub enum SocketDispatch {
     Connection(Arc<dyn ConnectionEvents>),
     /// Events of a datagram socket.
     Datagram(Arc<dyn DatagramEvents>),
+    /// Events of a stream socket (`WSK_CLIENT_STREAM_DISPATCH`): the listen table for when
+    /// it listens, the connection table for when it connects.
+    Stream {
+        /// Used once the socket listens.
+        listen: Option<Arc<dyn ListenEvents>>,
+        /// Used once the socket is connected.
+        connection: Option<Arc<dyn ConnectionEvents>>,
+    },
+}
+
+impl SocketDispatch {
+    pub(crate) fn listen_events(&self) -> Option<Arc<dyn ListenEvents>> {
+        match self {
+            SocketDispatch::Listen(e)
+            | SocketDispatch::Stream {
+                listen: Some(e), ..
+            } => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn connection_events(&self) -> Option<Arc<dyn ConnectionEvents>> {
+        match self {
+            SocketDispatch::Connection(e)
+            | SocketDispatch::Stream {
+                connection: Some(e),
+                ..
+            } => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether this table may be given to a socket of `category`.
+    pub(crate) fn fits(&self, category: crate::Category) -> bool {
+        use crate::Category as C;
+        matches!(
+            (self, category),
+            (SocketDispatch::None, _)
+                | (SocketDispatch::Listen(_), C::Listen)
+                | (SocketDispatch::Connection(_), C::Connection)
+                | (SocketDispatch::Datagram(_), C::Datagram)
+                | (SocketDispatch::Stream { .. }, C::Stream)
+        )
+    }
 }
 
 impl std::fmt::Debug for SocketDispatch {
@@ -124,6 +168,7 @@ impl std::fmt::Debug for SocketDispatch {
             SocketDispatch::Listen(_) => "Listen(..)",
             SocketDispatch::Connection(_) => "Connection(..)",
             SocketDispatch::Datagram(_) => "Datagram(..)",
+            SocketDispatch::Stream { .. } => "Stream(..)",
         })
     }
 }

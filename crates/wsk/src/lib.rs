@@ -24,8 +24,8 @@
 //! * **Close** cancels pending operations, waits for callbacks in progress and resets a live
 //!   connection.
 //!
-//! Only IPv4/IPv6 TCP and UDP are supported; stream sockets (`WSK_FLAG_STREAM_SOCKET`) are
-//! refused with `NOT_SUPPORTED`.
+//! Only IPv4/IPv6 TCP and UDP are supported. Stream sockets (`WSK_FLAG_STREAM_SOCKET`) become
+//! listening or connection sockets by use (`listen` or `connect` after `bind`).
 
 #![deny(unsafe_code)]
 
@@ -69,8 +69,8 @@ pub use registration::{WSK_INFINITE_WAIT, WSK_NO_WAIT, WskProviderNpi, WskRegist
 pub use socket::{
     AF_INET, AF_INET6, Accepted, BasicRef, BasicSocket, Category, ConnectionRef, ConnectionSocket,
     Datagram, DatagramRef, DatagramSocket, Disconnect, Family, IPPROTO_TCP, IPPROTO_UDP, ListenRef,
-    ListenSocket, SOCK_DGRAM, SOCK_STREAM, SockOpt, Socket, SocketControl, Transfer,
-    WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET, WSK_FLAG_DATAGRAM_SOCKET,
+    ListenSocket, SOCK_DGRAM, SOCK_STREAM, SockOpt, Socket, SocketControl, StreamRef, StreamSocket,
+    Transfer, WSK_FLAG_BASIC_SOCKET, WSK_FLAG_CONNECTION_SOCKET, WSK_FLAG_DATAGRAM_SOCKET,
     WSK_FLAG_LISTEN_SOCKET, WSK_FLAG_STREAM_SOCKET,
 };
 pub use status::Status;

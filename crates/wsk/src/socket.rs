@@ -76,6 +76,8 @@ pub enum Category {
     Connection,
     /// Datagram socket.
     Datagram,
+    /// Stream socket: becomes a listening or a connection socket by what it is used for.
+    Stream,
 }
 
 impl Category {
@@ -85,7 +87,16 @@ impl Category {
             Category::Listen => "listen",
             Category::Connection => "connection",
             Category::Datagram => "datagram",
+            Category::Stream => "stream",
         }
+    }
+
+    fn connects(self) -> bool {
+        matches!(self, Category::Connection | Category::Stream)
+    }
+
+    fn listens(self) -> bool {
+        matches!(self, Category::Listen | Category::Stream)
     }
 
     /// The events a socket of this category can raise.
@@ -97,6 +108,12 @@ impl Category {
                 EventMask::RECEIVE | EventMask::DISCONNECT | EventMask::SEND_BACKLOG
             }
             Category::Datagram => EventMask::RECEIVE_FROM,
+            Category::Stream => {
+                EventMask::ACCEPT
+                    | EventMask::RECEIVE
+                    | EventMask::DISCONNECT
+                    | EventMask::SEND_BACKLOG
+            }
         }
     }
 }
@@ -526,7 +543,7 @@ impl SocketCore {
                 return Err(Error::InvalidState("already bound"));
             }
         };
-        if self.category == Category::Listen
+        if self.category.listens()
             && let Err(e) = s.set_reuse_address(true)
         {
             g.io = Io::Unbound(s);
@@ -538,21 +555,8 @@ impl SocketCore {
         }
         g.local = s.local_addr().ok().and_then(|a| a.as_socket());
         match self.category {
-            Category::Listen => {
-                if let Err(e) = s.listen(LISTEN_BACKLOG) {
-                    // A bound socket cannot be unbound; it stays unusable until closed.
-                    let err = Error::from_io(&e);
-                    g.fault = Some(err.clone());
-                    return Err(err);
-                }
-                g.io = Io::Listening(mio::net::TcpListener::from_std(s.into()));
-                self.register(&mut g)?;
-                if g.enabled.contains(EventMask::ACCEPT) {
-                    drop(g);
-                    self.poke();
-                }
-            }
-            Category::Connection => g.io = Io::Bound(s),
+            Category::Listen => self.start_listening(g, s)?,
+            Category::Connection | Category::Stream => g.io = Io::Bound(s),
             Category::Datagram => {
                 g.io = Io::Datagram(s);
                 self.register(&mut g)?;
@@ -560,6 +564,44 @@ impl SocketCore {
             Category::Basic => unreachable!("checked above"),
         }
         Ok(())
+    }
+
+    /// Listen on a bound socket; `g.io` must have been taken out (it is `Gone`).
+    fn start_listening(self: &Arc<Self>, mut g: Guard<'_>, s: OsSocket) -> Result<()> {
+        if let Err(e) = s.listen(LISTEN_BACKLOG) {
+            // A bound socket cannot be unbound; it stays unusable until closed.
+            let err = Error::from_io(&e);
+            g.fault = Some(err.clone());
+            return Err(err);
+        }
+        g.io = Io::Listening(mio::net::TcpListener::from_std(s.into()));
+        self.register(&mut g)?;
+        if g.enabled.contains(EventMask::ACCEPT) {
+            drop(g);
+            self.poke();
+        }
+        Ok(())
+    }
+
+    /// `WskListen` (stream sockets): start listening on the bound socket.
+    pub(crate) fn listen(self: &Arc<Self>) -> Result<()> {
+        if self.category != Category::Stream {
+            return Err(Error::WrongCategory(self.category.name()));
+        }
+        let mut g = self.inner.lock();
+        self.check_open(&g)?;
+        match std::mem::replace(&mut g.io, Io::Gone) {
+            Io::Bound(s) => self.start_listening(g, s),
+            other => {
+                let why = match other {
+                    Io::Unbound(_) => "not bound (bind before listen)",
+                    Io::Listening(_) => "already listening",
+                    _ => "connected or connecting",
+                };
+                g.io = other;
+                Err(Error::InvalidState(why))
+            }
+        }
     }
 
     pub(crate) fn local_address(&self) -> Result<SocketAddr> {
@@ -609,12 +651,8 @@ impl SocketCore {
                     g.io.sockref()
                         .ok_or(Error::InvalidState("connection is gone"))?;
                 match opt {
-                    SockOpt::NoDelay if self.category == Category::Connection => {
-                        s.set_nodelay(v != 0)?
-                    }
-                    SockOpt::KeepAlive if self.category == Category::Connection => {
-                        s.set_keepalive(v != 0)?
-                    }
+                    SockOpt::NoDelay if self.category.connects() => s.set_nodelay(v != 0)?,
+                    SockOpt::KeepAlive if self.category.connects() => s.set_keepalive(v != 0)?,
                     SockOpt::NoDelay | SockOpt::KeepAlive => {
                         return Err(Error::WrongCategory(self.category.name()));
                     }
@@ -633,12 +671,8 @@ impl SocketCore {
                     g.io.sockref()
                         .ok_or(Error::InvalidState("connection is gone"))?;
                 Ok(match opt {
-                    SockOpt::NoDelay if self.category == Category::Connection => {
-                        s.nodelay()? as u64
-                    }
-                    SockOpt::KeepAlive if self.category == Category::Connection => {
-                        s.keepalive()? as u64
-                    }
+                    SockOpt::NoDelay if self.category.connects() => s.nodelay()? as u64,
+                    SockOpt::KeepAlive if self.category.connects() => s.keepalive()? as u64,
                     SockOpt::NoDelay | SockOpt::KeepAlive => {
                         return Err(Error::WrongCategory(self.category.name()));
                     }
@@ -651,14 +685,7 @@ impl SocketCore {
     }
 
     pub(crate) fn set_dispatch(self: &Arc<Self>, events: SocketDispatch) -> Result<()> {
-        let ok = matches!(
-            (&events, self.category),
-            (SocketDispatch::None, _)
-                | (SocketDispatch::Listen(_), Category::Listen)
-                | (SocketDispatch::Connection(_), Category::Connection)
-                | (SocketDispatch::Datagram(_), Category::Datagram)
-        );
-        if !ok {
+        if !events.fits(self.category) {
             return Err(Error::InvalidParameter(
                 "dispatch table does not match the socket category",
             ));
@@ -759,7 +786,7 @@ impl SocketCore {
             return;
         }
         match self.category {
-            Category::Connection => {
+            Category::Connection | Category::Listen | Category::Stream => {
                 if matches!(g.io, Io::Connecting(_)) {
                     self.finish_connect(&mut g, &mut done);
                 }
@@ -771,9 +798,7 @@ impl SocketCore {
                         self.drive_receives(&mut g, &mut done);
                     }
                 }
-            }
-            Category::Listen => {
-                if readable {
+                if readable && matches!(g.io, Io::Listening(_)) {
                     self.drive_accepts(&mut g, &mut done);
                 }
             }
@@ -819,7 +844,7 @@ impl SocketCore {
     }
 
     fn start_connect(self: &Arc<Self>, remote: SocketAddr) -> Result<Op<()>> {
-        if self.category != Category::Connection {
+        if !self.category.connects() {
             return Err(Error::WrongCategory(self.category.name()));
         }
         self.check_family(&remote)?;
@@ -897,7 +922,7 @@ impl SocketCore {
 
     fn conn_state(&self, g: &Guard<'_>) -> Result<()> {
         self.check_open(g)?;
-        if self.category != Category::Connection {
+        if !self.category.connects() {
             return Err(Error::WrongCategory(self.category.name()));
         }
         if let Some(f) = &g.fault {
@@ -1054,7 +1079,7 @@ impl SocketCore {
             return;
         }
         g.disconnect_reported = true;
-        let SocketDispatch::Connection(ev) = g.events.clone() else {
+        let Some(ev) = g.events.connection_events() else {
             return;
         };
         let me = ConnectionRef(self.clone());
@@ -1127,7 +1152,7 @@ impl SocketCore {
             if !g.enabled.contains(EventMask::RECEIVE) || g.held_off < g.held.len() {
                 break;
             }
-            let SocketDispatch::Connection(ev) = g.events.clone() else {
+            let Some(ev) = g.events.connection_events() else {
                 break;
             };
             let mut scratch = SCRATCH_BUF.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -1265,12 +1290,16 @@ impl SocketCore {
         if let Err(e) = self.check_open(&g) {
             return Op::ready(Err(e));
         }
-        if self.category != Category::Listen {
+        if !self.category.listens() {
             return Op::ready(Err(Error::WrongCategory(self.category.name())));
         }
         let Io::Listening(l) = &g.io else {
             return Op::ready(Err(Error::InvalidState(
-                "not bound (a listening socket listens once bound)",
+                if self.category == Category::Stream {
+                    "not listening"
+                } else {
+                    "not bound (a listening socket listens once bound)"
+                },
             )));
         };
         if g.accepts.is_empty() {
@@ -1306,9 +1335,9 @@ impl SocketCore {
             let event = if want_op {
                 None
             } else if g.enabled.contains(EventMask::ACCEPT) {
-                match &g.events {
-                    SocketDispatch::Listen(ev) => Some(ev.clone()),
-                    _ => break,
+                match g.events.listen_events() {
+                    Some(ev) => Some(ev),
+                    None => break,
                 }
             } else {
                 break;
@@ -1614,6 +1643,14 @@ socket_handles!(
     DatagramSocket
 );
 socket_handles!(
+    /// Non-owning handle to a stream socket.
+    StreamRef,
+    /// An open stream socket (`WSK_FLAG_STREAM_SOCKET`): bind, then either `listen` (it then
+    /// accepts like a listening socket) or `connect` (it then sends and receives like a
+    /// connection socket). Dropping it closes it.
+    StreamSocket
+);
+socket_handles!(
     /// Non-owning handle to a basic socket.
     BasicRef,
     /// A basic socket: only control and close.
@@ -1698,6 +1735,53 @@ impl DatagramRef {
     }
 }
 
+impl StreamRef {
+    /// `WskBind`.
+    pub fn bind(&self, local: SocketAddr) -> Op<()> {
+        Op::ready(self.0.bind(local))
+    }
+
+    /// `WskListen`: start listening (the socket must be bound and not connected).
+    pub fn listen(&self) -> Op<()> {
+        Op::ready(self.0.listen())
+    }
+
+    /// `WskAccept` (once listening).
+    pub fn accept(&self) -> Op<Accepted> {
+        self.0.accept()
+    }
+
+    /// `WskConnect` (bound, not listening).
+    pub fn connect(&self, remote: SocketAddr) -> Op<()> {
+        self.0.connect(remote)
+    }
+
+    /// `WskSend` (once connected).
+    pub fn send(&self, buf: Vec<u8>) -> Op<Transfer> {
+        self.0.send(buf)
+    }
+
+    /// `WskReceive` (once connected).
+    pub fn receive(&self, buf: Vec<u8>) -> Op<Transfer> {
+        self.0.receive(buf)
+    }
+
+    /// `WskDisconnect` (once connected).
+    pub fn disconnect(&self, how: Disconnect) -> Op<()> {
+        self.0.disconnect(how)
+    }
+
+    /// `WskGetLocalAddress`.
+    pub fn local_address(&self) -> Result<SocketAddr> {
+        self.0.local_address()
+    }
+
+    /// `WskGetRemoteAddress`.
+    pub fn remote_address(&self) -> Result<SocketAddr> {
+        self.0.remote_address()
+    }
+}
+
 /// A socket of any category, as returned by `WskSocket`.
 #[derive(Debug)]
 pub enum Socket {
@@ -1709,6 +1793,8 @@ pub enum Socket {
     Connection(ConnectionSocket),
     /// `WSK_FLAG_DATAGRAM_SOCKET`.
     Datagram(DatagramSocket),
+    /// `WSK_FLAG_STREAM_SOCKET`.
+    Stream(StreamSocket),
 }
 
 impl Socket {
@@ -1718,6 +1804,7 @@ impl Socket {
             Category::Listen => Socket::Listen(ListenSocket(ListenRef(core))),
             Category::Connection => Socket::Connection(ConnectionSocket(ConnectionRef(core))),
             Category::Datagram => Socket::Datagram(DatagramSocket(DatagramRef(core))),
+            Category::Stream => Socket::Stream(StreamSocket(StreamRef(core))),
         }
     }
 
@@ -1728,6 +1815,7 @@ impl Socket {
             Socket::Listen(_) => Category::Listen,
             Socket::Connection(_) => Category::Connection,
             Socket::Datagram(_) => Category::Datagram,
+            Socket::Stream(_) => Category::Stream,
         }
     }
 
@@ -1751,6 +1839,14 @@ impl Socket {
     pub fn into_datagram(self) -> Result<DatagramSocket> {
         match self {
             Socket::Datagram(s) => Ok(s),
+            other => Err(Error::WrongCategory(other.category().name())),
+        }
+    }
+
+    /// The stream socket, or `WrongCategory` (the socket is closed).
+    pub fn into_stream(self) -> Result<StreamSocket> {
+        match self {
+            Socket::Stream(s) => Ok(s),
             other => Err(Error::WrongCategory(other.category().name())),
         }
     }

@@ -359,8 +359,8 @@ fn bad_input_gets_a_clear_status_and_leaks_nothing() {
     assert_eq!(
         st(c.socket(
             AF_INET,
-            SOCK_STREAM,
-            IPPROTO_TCP,
+            SOCK_DGRAM,
+            IPPROTO_UDP,
             WSK_FLAG_STREAM_SOCKET,
             SocketDispatch::None
         )),
@@ -711,4 +711,78 @@ fn socket_options_round_trip_and_respect_the_category() {
         wait(h.receive_from(vec![0; 4])).unwrap_err(),
         Error::SocketClosed
     );
+}
+
+#[test]
+fn stream_sockets_become_listeners_or_connections_by_use() {
+    let wsk = Subsystem::new(1).unwrap();
+    let c = wsk.client();
+    for at in [v4(), v6()] {
+        // A stream socket used as a listener, with the listen half of its event table.
+        let ev = Arc::new(EchoListen {
+            conns: Mutex::new(Vec::new()),
+            accepted: AtomicUsize::new(0),
+        });
+        let server = c
+            .stream_socket(Family::of(&at), Some(ev.clone()), None)
+            .unwrap();
+        assert_eq!(
+            wait(server.listen()).unwrap_err().status(),
+            Status::INVALID_DEVICE_STATE,
+            "not bound yet"
+        );
+        assert_eq!(
+            wait(server.accept()).unwrap_err().status(),
+            Status::INVALID_DEVICE_STATE
+        );
+        wait(server.bind(at)).unwrap();
+        wait(server.listen()).unwrap();
+        server.enable_events(EventMask::ACCEPT).unwrap();
+        assert_eq!(
+            wait(server.connect(server.local_address().unwrap()))
+                .unwrap_err()
+                .status(),
+            Status::INVALID_DEVICE_STATE
+        );
+        assert_eq!(
+            wait(server.send(vec![1])).unwrap_err().status(),
+            Status::INVALID_DEVICE_STATE
+        );
+        // Another used as a connection.
+        let client = wait(c.socket(
+            raw(at),
+            SOCK_STREAM,
+            0,
+            WSK_FLAG_STREAM_SOCKET,
+            SocketDispatch::None,
+        ))
+        .unwrap()
+        .into_stream()
+        .unwrap();
+        wait(client.bind(at)).unwrap();
+        wait(client.connect(server.local_address().unwrap())).unwrap();
+        assert_eq!(
+            wait(client.listen()).unwrap_err().status(),
+            Status::INVALID_DEVICE_STATE
+        );
+        assert_eq!(
+            wait(client.accept()).unwrap_err().status(),
+            Status::INVALID_DEVICE_STATE
+        );
+        wait(client.send(b"stream".to_vec())).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            got.extend_from_slice(wait(client.receive(vec![0; 16])).unwrap().data());
+        }
+        assert_eq!(got, b"stream");
+        assert_eq!(
+            client.remote_address().unwrap(),
+            server.local_address().unwrap()
+        );
+        assert_eq!(ev.accepted.load(Ordering::SeqCst), 1);
+    }
+}
+
+fn raw(at: SocketAddr) -> u16 {
+    if at.is_ipv4() { AF_INET } else { AF_INET6 }
 }
