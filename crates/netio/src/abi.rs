@@ -172,22 +172,58 @@ pub const LAYOUT: &[(&str, usize)] = &[
     ("sizeof(GUID)", size_of::<Guid>()),
     ("sizeof(LUID)", size_of::<Luid>()),
     ("sizeof(NPI_MODULEID)", size_of::<NpiModuleId>()),
-    ("offsetof(NPI_MODULEID, Type)", core::mem::offset_of!(NpiModuleId, kind)),
-    ("offsetof(NPI_MODULEID, Guid)", core::mem::offset_of!(NpiModuleId, value)),
-    ("offsetof(NPI_MODULEID, IfLuid)", core::mem::offset_of!(NpiModuleId, value)),
-    ("sizeof(NPI_REGISTRATION_INSTANCE)", size_of::<NpiRegistrationInstance>()),
-    ("offsetof(NPI_REGISTRATION_INSTANCE, Version)", core::mem::offset_of!(NpiRegistrationInstance, version)),
-    ("offsetof(NPI_REGISTRATION_INSTANCE, Size)", core::mem::offset_of!(NpiRegistrationInstance, size)),
-    ("offsetof(NPI_REGISTRATION_INSTANCE, NpiId)", core::mem::offset_of!(NpiRegistrationInstance, npi_id)),
-    ("offsetof(NPI_REGISTRATION_INSTANCE, ModuleId)", core::mem::offset_of!(NpiRegistrationInstance, module_id)),
-    ("offsetof(NPI_REGISTRATION_INSTANCE, Number)", core::mem::offset_of!(NpiRegistrationInstance, number)),
+    (
+        "offsetof(NPI_MODULEID, Type)",
+        core::mem::offset_of!(NpiModuleId, kind),
+    ),
+    (
+        "offsetof(NPI_MODULEID, Guid)",
+        core::mem::offset_of!(NpiModuleId, value),
+    ),
+    (
+        "offsetof(NPI_MODULEID, IfLuid)",
+        core::mem::offset_of!(NpiModuleId, value),
+    ),
+    (
+        "sizeof(NPI_REGISTRATION_INSTANCE)",
+        size_of::<NpiRegistrationInstance>(),
+    ),
+    (
+        "offsetof(NPI_REGISTRATION_INSTANCE, Version)",
+        core::mem::offset_of!(NpiRegistrationInstance, version),
+    ),
+    (
+        "offsetof(NPI_REGISTRATION_INSTANCE, Size)",
+        core::mem::offset_of!(NpiRegistrationInstance, size),
+    ),
+    (
+        "offsetof(NPI_REGISTRATION_INSTANCE, NpiId)",
+        core::mem::offset_of!(NpiRegistrationInstance, npi_id),
+    ),
+    (
+        "offsetof(NPI_REGISTRATION_INSTANCE, ModuleId)",
+        core::mem::offset_of!(NpiRegistrationInstance, module_id),
+    ),
+    (
+        "offsetof(NPI_REGISTRATION_INSTANCE, Number)",
+        core::mem::offset_of!(NpiRegistrationInstance, number),
+    ),
     (
         "offsetof(NPI_REGISTRATION_INSTANCE, NpiSpecificCharacteristics)",
         core::mem::offset_of!(NpiRegistrationInstance, npi_specific_characteristics),
     ),
-    ("sizeof(NPI_CLIENT_CHARACTERISTICS)", size_of::<NpiClientCharacteristics>()),
-    ("offsetof(NPI_CLIENT_CHARACTERISTICS, Version)", core::mem::offset_of!(NpiClientCharacteristics, version)),
-    ("offsetof(NPI_CLIENT_CHARACTERISTICS, Length)", core::mem::offset_of!(NpiClientCharacteristics, length)),
+    (
+        "sizeof(NPI_CLIENT_CHARACTERISTICS)",
+        size_of::<NpiClientCharacteristics>(),
+    ),
+    (
+        "offsetof(NPI_CLIENT_CHARACTERISTICS, Version)",
+        core::mem::offset_of!(NpiClientCharacteristics, version),
+    ),
+    (
+        "offsetof(NPI_CLIENT_CHARACTERISTICS, Length)",
+        core::mem::offset_of!(NpiClientCharacteristics, length),
+    ),
     (
         "offsetof(NPI_CLIENT_CHARACTERISTICS, ClientAttachProvider)",
         core::mem::offset_of!(NpiClientCharacteristics, client_attach_provider),
@@ -204,9 +240,18 @@ pub const LAYOUT: &[(&str, usize)] = &[
         "offsetof(NPI_CLIENT_CHARACTERISTICS, ClientRegistrationInstance)",
         core::mem::offset_of!(NpiClientCharacteristics, client_registration_instance),
     ),
-    ("sizeof(NPI_PROVIDER_CHARACTERISTICS)", size_of::<NpiProviderCharacteristics>()),
-    ("offsetof(NPI_PROVIDER_CHARACTERISTICS, Version)", core::mem::offset_of!(NpiProviderCharacteristics, version)),
-    ("offsetof(NPI_PROVIDER_CHARACTERISTICS, Length)", core::mem::offset_of!(NpiProviderCharacteristics, length)),
+    (
+        "sizeof(NPI_PROVIDER_CHARACTERISTICS)",
+        size_of::<NpiProviderCharacteristics>(),
+    ),
+    (
+        "offsetof(NPI_PROVIDER_CHARACTERISTICS, Version)",
+        core::mem::offset_of!(NpiProviderCharacteristics, version),
+    ),
+    (
+        "offsetof(NPI_PROVIDER_CHARACTERISTICS, Length)",
+        core::mem::offset_of!(NpiProviderCharacteristics, length),
+    ),
     (
         "offsetof(NPI_PROVIDER_CHARACTERISTICS, ProviderAttachClient)",
         core::mem::offset_of!(NpiProviderCharacteristics, provider_attach_client),
@@ -232,7 +277,10 @@ pub const CONSTANTS: &[(&str, i64)] = &[
     ("STATUS_PENDING", STATUS_PENDING as i64),
     ("STATUS_INVALID_PARAMETER", STATUS_INVALID_PARAMETER as i64),
     ("STATUS_NO_MEMORY", STATUS_NO_MEMORY as i64),
-    ("STATUS_INSUFFICIENT_RESOURCES", STATUS_INSUFFICIENT_RESOURCES as i64),
+    (
+        "STATUS_INSUFFICIENT_RESOURCES",
+        STATUS_INSUFFICIENT_RESOURCES as i64,
+    ),
     ("STATUS_NOINTERFACE", STATUS_NOINTERFACE as i64),
     ("MIT_GUID", MIT_GUID as i64),
     ("MIT_IF_LUID", MIT_IF_LUID as i64),

@@ -14,8 +14,8 @@
 //! Nothing unwinds across the boundary: every export runs inside `catch_unwind`.
 
 use crate::abi::{
-    Handle, NpiClientCharacteristics, NpiModuleId, NpiModuleIdValue, NpiProviderCharacteristics,
-    NpiRegistrationInstance, NtStatus, MIT_GUID, MIT_IF_LUID, STATUS_PENDING, STATUS_SUCCESS,
+    Handle, MIT_GUID, MIT_IF_LUID, NpiClientCharacteristics, NpiModuleId, NpiModuleIdValue,
+    NpiProviderCharacteristics, NpiRegistrationInstance, NtStatus, STATUS_PENDING, STATUS_SUCCESS,
 };
 use crate::error::AbiError;
 use core::ffi::c_void;
@@ -34,7 +34,10 @@ compile_error!("libnetio needs 64-bit pointers: a HANDLE carries a 64-bit regist
 /// A registrar id as a C `HANDLE`: the integer value, with no provenance (it is never
 /// dereferenced by anyone).
 fn to_handle(raw: u64) -> Handle {
-    #[expect(clippy::cast_possible_truncation, reason = "64-bit targets only (checked above)")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "64-bit targets only (checked above)"
+    )]
     ptr::without_provenance_mut(raw as usize)
 }
 
@@ -87,7 +90,10 @@ impl<T> Borrowed<T> {
 fn read_instance(instance: &NpiRegistrationInstance) -> Result<RegistrationInstance, AbiError> {
     let expected = size_of::<NpiRegistrationInstance>();
     if usize::from(instance.size) < expected {
-        return Err(AbiError::RegistrationInstanceTooShort { size: instance.size, expected });
+        return Err(AbiError::RegistrationInstanceTooShort {
+            size: instance.size,
+            expected,
+        });
     }
     if instance.npi_id.is_null() {
         return Err(AbiError::NullNpiId);
@@ -107,8 +113,10 @@ fn read_instance(instance: &NpiRegistrationInstance) -> Result<RegistrationInsta
         // passed through as GUIDs: the registrar never interprets module ids.
         ModuleId::Guid(unsafe { module.value.guid })
     };
-    Ok(RegistrationInstance::new(NpiId(npi), module_id, instance.number)
-        .with_raw(Context::from_ptr(ptr::from_ref(instance))))
+    Ok(
+        RegistrationInstance::new(NpiId(npi), module_id, instance.number)
+            .with_raw(Context::from_ptr(ptr::from_ref(instance))),
+    )
 }
 
 /// Reads the `Length` field (the first two `u16`s are always readable) and then the whole

@@ -13,7 +13,15 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const NATIVE_STATIC_LIBS: &[&str] = &["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"];
+const NATIVE_STATIC_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +36,10 @@ fn lib_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
         let deps = exe.parent().expect("exe dir");
-        let candidates = [Some(deps.to_path_buf()), deps.parent().map(Path::to_path_buf)];
+        let candidates = [
+            Some(deps.to_path_buf()),
+            deps.parent().map(Path::to_path_buf),
+        ];
         for dir in candidates.into_iter().flatten() {
             if dir.join("libnetio.so").exists() && dir.join("libnetio.a").exists() {
                 return dir;
@@ -76,7 +87,15 @@ fn compile(source: &str, name: &str, link: Link) -> PathBuf {
     };
     let mut cmd = Command::new(&compiler);
     cmd.arg(if cxx { "-std=c++17" } else { "-std=c11" })
-        .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1", "-pthread"])
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-g",
+            "-O1",
+            "-pthread",
+        ])
         .arg("-I")
         .arg(crate_dir().join("include"))
         .arg(&src)
@@ -92,10 +111,13 @@ fn compile(source: &str, name: &str, link: Link) -> PathBuf {
                 .arg("-Wl,--disable-new-dtags");
         }
         Link::Static => {
-            cmd.arg(lib_dir().join("libnetio.a")).args(NATIVE_STATIC_LIBS);
+            cmd.arg(lib_dir().join("libnetio.a"))
+                .args(NATIVE_STATIC_LIBS);
         }
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {compiler}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
     assert!(
         out.status.success(),
         "compiling {source} failed:\n{}\n{}",
@@ -140,8 +162,10 @@ fn run(exe: &Path) -> Run {
     let start = Instant::now();
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let out_reader =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
@@ -179,12 +203,22 @@ fn header_layout_matches_the_rust_mirror_types() {
             constants.insert(name.to_owned(), value.parse::<i64>().expect("value"));
         }
     }
-    let rust_layout: BTreeMap<String, usize> =
-        netio::abi::LAYOUT.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
-    let rust_constants: BTreeMap<String, i64> =
-        netio::abi::CONSTANTS.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
-    assert_eq!(layout, rust_layout, "C layout (left) vs Rust layout (right)");
-    assert_eq!(constants, rust_constants, "C constants (left) vs Rust constants (right)");
+    let rust_layout: BTreeMap<String, usize> = netio::abi::LAYOUT
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v))
+        .collect();
+    let rust_constants: BTreeMap<String, i64> = netio::abi::CONSTANTS
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(
+        layout, rust_layout,
+        "C layout (left) vs Rust layout (right)"
+    );
+    assert_eq!(
+        constants, rust_constants,
+        "C constants (left) vs Rust constants (right)"
+    );
     assert_eq!(layout["sizeof(NPI_MODULEID)"], 24);
     assert_eq!(layout["sizeof(NPI_REGISTRATION_INSTANCE)"], 40);
     assert_eq!(layout["sizeof(NPI_CLIENT_CHARACTERISTICS)"], 72);
@@ -198,7 +232,11 @@ fn conformance_scenarios_pass_through_the_shared_library() {
 
 #[test]
 fn conformance_scenarios_pass_through_the_static_library() {
-    run(&compile("conformance.c", "conformance-static", Link::Static));
+    run(&compile(
+        "conformance.c",
+        "conformance-static",
+        Link::Static,
+    ));
 }
 
 #[test]
@@ -223,7 +261,11 @@ fn shared_library_exports_exactly_the_nine_nmr_functions() {
         .arg(lib_dir().join("libnetio.so"))
         .output()
         .expect("running nm (binutils)");
-    assert!(out.status.success(), "nm failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
