@@ -162,10 +162,8 @@ fn c_client_binds_to_a_rust_provider_and_sees_its_registration_instance() {
     // SAFETY: a handle from NmrRegisterClient.
     assert_eq!(unsafe { NmrDeregisterClient(handle) }, STATUS_PENDING);
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { NmrWaitForClientDeregisterComplete(handle) },
-        STATUS_SUCCESS
-    );
+    let status = unsafe { NmrWaitForClientDeregisterComplete(handle) };
+    assert_eq!(status, STATUS_SUCCESS);
     assert_eq!(C_CLIENT_DETACHES.load(Ordering::SeqCst), 1);
     assert_eq!(provider.detaches.load(Ordering::SeqCst), 1);
     nmr.deregister_provider(ph).unwrap();
@@ -278,10 +276,8 @@ fn rust_client_binds_to_a_c_provider() {
     // SAFETY: a handle from NmrRegisterProvider.
     assert_eq!(unsafe { NmrDeregisterProvider(handle) }, STATUS_PENDING);
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { NmrWaitForProviderDeregisterComplete(handle) },
-        STATUS_SUCCESS
-    );
+    let status = unsafe { NmrWaitForProviderDeregisterComplete(handle) };
+    assert_eq!(status, STATUS_SUCCESS);
     assert_eq!(C_PROVIDER_DETACHES.load(Ordering::SeqCst), 1);
     nmr.deregister_client(ch).unwrap();
     nmr.wait_for_client_deregister_complete(ch).unwrap();
