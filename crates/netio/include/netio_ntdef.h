@@ -20,7 +20,6 @@
 
 #ifndef NETIO_NO_NT_TYPES
 
-typedef void VOID;
 typedef void *PVOID;
 typedef void *HANDLE;
 typedef HANDLE *PHANDLE;
@@ -31,6 +30,13 @@ typedef uint16_t USHORT;
 typedef int32_t LONG;
 typedef uint32_t ULONG;
 typedef int32_t NTSTATUS;
+typedef uintptr_t ULONG_PTR;
+typedef intptr_t LONG_PTR;
+typedef size_t SIZE_T;
+typedef ULONG *PULONG;
+typedef USHORT *PUSHORT;
+typedef LONG *PLONG;
+typedef UCHAR *PUCHAR;
 
 #ifndef GUID_DEFINED
 #define GUID_DEFINED
@@ -51,6 +57,9 @@ typedef struct _LUID {
 
 #endif /* NETIO_NO_NT_TYPES */
 
+#ifndef VOID
+#define VOID void
+#endif
 #ifndef CONST
 #define CONST const
 #endif
@@ -74,7 +83,8 @@ typedef struct _LUID {
 #endif
 #endif
 
-/* SAL annotations used by the prototypes: no meaning outside MSVC. */
+/* SAL and IRQL annotations that WDK code puts on NMR callbacks and calls: no
+ * meaning outside MSVC's analyzer. */
 #ifndef _In_
 #define _In_
 #endif
@@ -84,12 +94,44 @@ typedef struct _LUID {
 #ifndef _Out_
 #define _Out_
 #endif
+#ifndef _Inout_
+#define _Inout_
+#endif
+#ifndef _Outptr_
+#define _Outptr_
+#endif
+#ifndef _Must_inspect_result_
+#define _Must_inspect_result_
+#endif
+#ifndef _Function_class_
+#define _Function_class_(name)
+#endif
+#ifndef _IRQL_requires_max_
+#define _IRQL_requires_max_(irql)
+#endif
+#ifndef _IRQL_requires_same_
+#define _IRQL_requires_same_
+#endif
+#ifndef PASSIVE_LEVEL
+#define PASSIVE_LEVEL 0
+#endif
+#ifndef APC_LEVEL
+#define APC_LEVEL 1
+#endif
+#ifndef DISPATCH_LEVEL
+#define DISPATCH_LEVEL 2
+#endif
+
+#ifndef UNREFERENCED_PARAMETER
+#define UNREFERENCED_PARAMETER(P) ((void)(P))
+#endif
 
 #ifndef NT_SUCCESS
 #define NT_SUCCESS(Status) (((NTSTATUS)(Status)) >= 0)
 #endif
 
-/* The NTSTATUS values NMR uses. Negative values are errors. libnetio returns
+/* The NTSTATUS values NMR uses, and a few that modules commonly return from
+ * their callbacks. Negative values are errors. libnetio returns
  * STATUS_INVALID_DEVICE_STATE from NmrClientAttachProvider called outside the
  * binding's ClientAttachProvider or after it already succeeded. */
 #ifndef STATUS_SUCCESS
@@ -97,6 +139,9 @@ typedef struct _LUID {
 #endif
 #ifndef STATUS_PENDING
 #define STATUS_PENDING ((NTSTATUS)0x00000103)
+#endif
+#ifndef STATUS_UNSUCCESSFUL
+#define STATUS_UNSUCCESSFUL ((NTSTATUS)0xC0000001)
 #endif
 #ifndef STATUS_INVALID_PARAMETER
 #define STATUS_INVALID_PARAMETER ((NTSTATUS)0xC000000D)
@@ -106,6 +151,12 @@ typedef struct _LUID {
 #endif
 #ifndef STATUS_INSUFFICIENT_RESOURCES
 #define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A)
+#endif
+#ifndef STATUS_DEVICE_NOT_READY
+#define STATUS_DEVICE_NOT_READY ((NTSTATUS)0xC00000A3)
+#endif
+#ifndef STATUS_NOT_SUPPORTED
+#define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BB)
 #endif
 #ifndef STATUS_INVALID_DEVICE_STATE
 #define STATUS_INVALID_DEVICE_STATE ((NTSTATUS)0xC0000184)

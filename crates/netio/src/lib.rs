@@ -38,6 +38,8 @@
 
 pub mod abi;
 mod error;
+// The exports sit on `Registrar::global()`, which does not exist in `nmr`'s loom builds.
+#[cfg(not(loom))]
 pub mod ffi;
 
 pub use error::AbiError;

@@ -92,9 +92,10 @@ VOID NTAPI ClientCleanup(PVOID ctx)
     delete static_cast<Binding *>(ctx);
 }
 
-NTSTATUS NTAPI ProviderAttach(HANDLE binding, PVOID, PNPI_REGISTRATION_INSTANCE client, PVOID cbc,
+NTSTATUS NTAPI ProviderAttach(HANDLE binding, PVOID context, PNPI_REGISTRATION_INSTANCE client, PVOID cbc,
                               const void *client_dispatch, PVOID *pbc, const void **pd)
 {
+    UNREFERENCED_PARAMETER(context);
     EXPECT(NmrIsEqualNpiModuleId(client->ModuleId, &kClientModule));
     EXPECT(client_dispatch == nullptr);
     auto *b = new Binding;
@@ -106,7 +107,9 @@ NTSTATUS NTAPI ProviderAttach(HANDLE binding, PVOID, PNPI_REGISTRATION_INSTANCE 
     return STATUS_SUCCESS;
 }
 
-NTSTATUS NTAPI ProviderDetach(PVOID ctx)
+_IRQL_requires_max_(DISPATCH_LEVEL)
+_Function_class_(NPI_PROVIDER_DETACH_CLIENT_FN)
+NTSTATUS NTAPI ProviderDetach(_In_ PVOID ctx)
 {
     EXPECT(ctx == provider_binding.load());
     ++provider_detaches;
