@@ -1029,6 +1029,146 @@ static void other_threads_use_the_registrar_while_a_callback_blocks(void)
     CHECK_EQ_INT(p.cleanup_calls, 1);
 }
 
+/* ---- patterns of real callers ------------------------------------------------ */
+
+/* msquic's client: register, then wait (with a timeout) for a provider that may register
+ * later on another thread; its detach pends until the owner tears down, and the owner
+ * completes the detach and then deregisters. */
+typedef struct attach_event {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int set;
+} attach_event;
+
+static attach_event g_attach_event = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+static void signal_attached(test_client *c, client_binding *cb)
+{
+    (void)c, (void)cb;
+    pthread_mutex_lock(&g_attach_event.lock);
+    g_attach_event.set = 1;
+    pthread_cond_broadcast(&g_attach_event.cond);
+    pthread_mutex_unlock(&g_attach_event.lock);
+}
+
+static void *register_provider_later(void *arg)
+{
+    sleep_ms(20);
+    CHECK_STATUS(provider_register((test_provider *)arg), STATUS_SUCCESS);
+    return NULL;
+}
+
+static void *unload_provider_main(void *arg)
+{
+    provider_unload((test_provider *)arg);
+    return NULL;
+}
+
+static void msquic_style_client_waits_for_a_late_provider_and_completes_its_detach_at_teardown(void)
+{
+    NPIID npi = fresh_npi();
+    test_client c;
+    test_provider p;
+    client_init(&c, npi, 1);
+    provider_init(&p, npi, 2);
+    c.dispatch = NULL;              /* msquic's client has no dispatch table */
+    c.max_bindings = 1;             /* and accepts a single provider */
+    c.detach_result = STATUS_PENDING;
+    c.on_attached = signal_attached;
+    g_attach_event.set = 0;
+
+    CHECK_STATUS(client_register(&c), STATUS_SUCCESS);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, register_provider_later, &p) == 0);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&g_attach_event.lock);
+    while (!g_attach_event.set) {
+        if (pthread_cond_timedwait(&g_attach_event.cond, &g_attach_event.lock, &deadline) != 0) {
+            break;
+        }
+    }
+    int attached = g_attach_event.set;
+    pthread_mutex_unlock(&g_attach_event.lock);
+    pthread_join(t, NULL);
+    CHECK(attached);
+    client_binding *cb = atomic_load(&c.last);
+    CHECK(cb != NULL && cb->provider_dispatch == (const void *)&PROVIDER_DISPATCH);
+
+    /* The provider's driver unloads first: the client's detach pends ... */
+    HANDLE binding = atomic_load(&c.last_binding);
+    pthread_t unloader;
+    CHECK(pthread_create(&unloader, NULL, unload_provider_main, &p) == 0);
+    while (atomic_load(&c.detach_calls) == 0) {
+        sleep_ms(1);
+    }
+    /* ... until the client's owner tears down: complete, then deregister and wait. */
+    NmrClientDetachProviderComplete(binding);
+    pthread_join(unloader, NULL);
+    client_unload(&c);
+    CHECK_EQ_INT(c.cleanup_calls, 1);
+    CHECK_EQ_INT(p.cleanup_calls, 1);
+}
+
+/* xdp-for-windows' provider: checks the client's Number and module id, and allows one
+ * binding per provider lifetime, refusing others with STATUS_DEVICE_NOT_READY. */
+static int provider_accepts_one_client_ever(test_provider *p, PNPI_REGISTRATION_INSTANCE client,
+                                            const void *client_dispatch)
+{
+    (void)client_dispatch;
+    return client->Number == p->chars.ProviderRegistrationInstance.Number &&
+           atomic_load(&p->attached) == 0;
+}
+
+static NTSTATUS NTAPI xdp_provider_attach(HANDLE binding, PVOID context,
+                                          PNPI_REGISTRATION_INSTANCE client, PVOID cbc,
+                                          const void *cd, PVOID *pbc, const void **pd)
+{
+    test_provider *p = (test_provider *)context;
+    if (!provider_accepts_one_client_ever(p, client, cd)) {
+        atomic_fetch_add(&p->attach_calls, 1);
+        return STATUS_DEVICE_NOT_READY;
+    }
+    return tp_attach(binding, context, client, cbc, cd, pbc, pd);
+}
+
+static void xdp_style_provider_allows_one_binding_and_refuses_others(void)
+{
+    NPIID npi = fresh_npi();
+    test_provider p;
+    test_client c1, c2, c3;
+    provider_init(&p, npi, 2);
+    p.chars.ProviderAttachClient = xdp_provider_attach;
+    p.chars.ProviderRegistrationInstance.Number = 12; /* the interface index */
+    client_init(&c1, npi, 3);
+    client_init(&c2, npi, 4);
+    client_init(&c3, npi, 5);
+    c1.chars.ClientRegistrationInstance.Number = 12;
+    c2.chars.ClientRegistrationInstance.Number = 12;
+    c3.chars.ClientRegistrationInstance.Number = 13;
+    CHECK_STATUS(provider_register(&p), STATUS_SUCCESS);
+    /* The client checks synchronously, right after registering, whether it attached. */
+    CHECK_STATUS(client_register(&c1), STATUS_SUCCESS);
+    CHECK(atomic_load(&c1.last_binding) != NULL);
+    CHECK_STATUS(client_register(&c2), STATUS_SUCCESS);
+    CHECK_STATUS(atomic_load(&c2.attach_status_seen), STATUS_DEVICE_NOT_READY);
+    CHECK_STATUS(client_register(&c3), STATUS_SUCCESS);
+    CHECK_STATUS(atomic_load(&c3.attach_status_seen), STATUS_DEVICE_NOT_READY);
+    CHECK_EQ_INT(p.attached, 1);
+    /* After the first client leaves, the provider still refuses: one binding per lifetime. */
+    client_unload(&c1);
+    CHECK_STATUS(client_register(&c1), STATUS_SUCCESS);
+    CHECK_STATUS(atomic_load(&c1.attach_status_seen), STATUS_DEVICE_NOT_READY);
+    client_unload(&c1);
+    client_unload(&c2);
+    client_unload(&c3);
+    provider_unload(&p);
+    CHECK_EQ_INT(p.detach_calls, 1);
+    CHECK_EQ_INT(p.cleanup_calls, 1);
+    CHECK_EQ_INT(c2.detach_calls + c3.detach_calls + c2.cleanup_calls + c3.cleanup_calls, 0);
+}
+
 int main(void)
 {
     start_watchdog(60);
@@ -1064,5 +1204,7 @@ int main(void)
     RUN(null_cleanup_callbacks_are_allowed);
     RUN(callbacks_may_register_and_deregister_other_modules);
     RUN(other_threads_use_the_registrar_while_a_callback_blocks);
+    RUN(msquic_style_client_waits_for_a_late_provider_and_completes_its_detach_at_teardown);
+    RUN(xdp_style_provider_allows_one_binding_and_refuses_others);
     return finish();
 }
