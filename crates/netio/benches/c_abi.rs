@@ -20,7 +20,11 @@ use netio::ffi::{
     NmrClientAttachProvider, NmrDeregisterClient, NmrDeregisterProvider, NmrRegisterClient,
     NmrRegisterProvider, NmrWaitForClientDeregisterComplete, NmrWaitForProviderDeregisterComplete,
 };
-use nmr::Guid;
+use nmr::{
+    BindingHandle, ClientCallbacks, Context, DetachStatus, Guid, ModuleId, NpiId, Registrar,
+    RegistrationInstance, Status,
+};
+use std::sync::Arc;
 
 static NPI: Guid = Guid::from_u128(0xBE_0000_0000_0000_0000_0000_0000_0001);
 static MODULE: NpiModuleId = NpiModuleId {
@@ -127,5 +131,64 @@ fn client_cycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, client_cycle);
+/// The same cycle against the same C providers, with the client written against the Rust
+/// untyped core instead of the C ABI: the difference is the C boundary's cost.
+struct RustClient;
+
+impl ClientCallbacks for RustClient {
+    fn attach_provider(&self, binding: BindingHandle, _provider: &RegistrationInstance) -> Status {
+        match Registrar::global().client_attach_provider(binding, Context::NULL, Context::NULL) {
+            Ok(_) => Status::SUCCESS,
+            Err(s) => s,
+        }
+    }
+    fn detach_provider(&self, _ctx: Context) -> DetachStatus {
+        DetachStatus::Done
+    }
+}
+
+fn rust_client_cycle(c: &mut Criterion) {
+    let provider = NpiProviderCharacteristics {
+        version: 0,
+        length: size_of::<NpiProviderCharacteristics>() as u16,
+        provider_attach_client: Some(provider_attach),
+        provider_detach_client: Some(detach),
+        provider_cleanup_binding_context: None,
+        provider_registration_instance: instance(),
+    };
+    let nmr = Registrar::global();
+    let callbacks: Arc<dyn ClientCallbacks> = Arc::new(RustClient);
+    let mut group = c.benchmark_group("rust_core_client_cycle");
+    for providers in [0_usize, 1, 10] {
+        let mut handles = Vec::new();
+        for _ in 0..providers {
+            let mut h: Handle = ptr::null_mut();
+            // SAFETY: `provider` outlives the registration (waited for below).
+            let s = unsafe { NmrRegisterProvider(&provider, ptr::null_mut(), &mut h) };
+            assert_eq!(s, STATUS_SUCCESS);
+            handles.push(h);
+        }
+        group.bench_function(BenchmarkId::from_parameter(providers), |b| {
+            b.iter(|| {
+                let instance = RegistrationInstance::new(NpiId(NPI), ModuleId::Guid(Guid::NIL), 0);
+                let h = nmr
+                    .register_client(instance, Arc::clone(&callbacks), |_| {})
+                    .unwrap();
+                nmr.deregister_client(h).unwrap();
+                nmr.wait_for_client_deregister_complete(h).unwrap();
+            });
+        });
+        for h in handles {
+            // SAFETY: handles from NmrRegisterProvider.
+            let s = unsafe { NmrDeregisterProvider(h) };
+            assert_eq!(s, STATUS_PENDING);
+            // SAFETY: as above.
+            let s = unsafe { NmrWaitForProviderDeregisterComplete(h) };
+            assert_eq!(s, STATUS_SUCCESS);
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, client_cycle, rust_client_cycle);
 criterion_main!(benches);
