@@ -3,7 +3,7 @@
 //! them, and checks their verdict (`N passed, 0 failed`, exit status 0).
 //!
 //! * `NETIO_VALGRIND=1` runs every program under
-//!   `valgrind --error-exitcode=99 --leak-check=full` (definite and indirect leaks are
+//!   `valgrind --error-exitcode=99 --leak-check=full` (definite, indirect and possible leaks are
 //!   errors) with fewer loop iterations; `tests/run-valgrind.sh` does that for CI.
 //! * `CC` / `CXX` choose the compilers (default `cc` / `c++`).
 
@@ -139,8 +139,8 @@ fn run(exe: &Path) -> Run {
         c.args([
             "--error-exitcode=99",
             "--leak-check=full",
-            "--show-leak-kinds=definite,indirect",
-            "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect,possible",
+            "--errors-for-leak-kinds=definite,indirect,possible",
             "--quiet",
         ])
         .arg(exe)

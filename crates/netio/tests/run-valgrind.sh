@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs libnetio's C and C++ test programs (tests/c/) under valgrind memcheck:
-# any invalid access, and any definitely or indirectly lost block, fails the run.
+# any invalid access, and any definitely, indirectly or possibly lost block, fails the run.
 # (The registrar's lazily created global state is "still reachable", which is fine.)
 #
 # Usage: crates/netio/tests/run-valgrind.sh [extra cargo test args, e.g. --release]
