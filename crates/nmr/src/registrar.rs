@@ -12,7 +12,7 @@ use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId}
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -269,7 +269,9 @@ impl NpiEntry {
 struct Registry {
     regs: Slab<Reg>,
     bindings: Slab<Bind>,
-    npis: HashMap<NpiId, NpiEntry>,
+    /// A B-tree rather than a hash map: few NPIs, and no interior pointers that leak
+    /// checkers report as "possibly lost" in the process-wide registrar.
+    npis: BTreeMap<NpiId, NpiEntry>,
 }
 
 struct Inner {
@@ -359,7 +361,7 @@ impl Registrar {
                 registry: Mutex::new(Registry {
                     regs: Slab::new(),
                     bindings: Slab::new(),
-                    npis: HashMap::new(),
+                    npis: BTreeMap::new(),
                 }),
                 drained: Condvar::new(),
             }),
