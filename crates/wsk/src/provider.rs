@@ -65,7 +65,40 @@ impl fmt::Debug for WskClientDispatch {
 /// The WSK NPI as a type for the registrar's typed layer.
 ///
 /// A raw-NMR WSK application registers a `nmr::typed::Client<WskNpi>`, attaches with a
-/// [`WskClientDispatch`], and calls the provider through the `Binding<WskClient>` it gets.
+/// [`WskClientDispatch`], and calls the provider through the `Binding<WskClient>` it gets:
+///
+/// ```
+/// use nmr::typed::*;
+/// use std::sync::{Arc, Mutex};
+/// use wsk::{WskClient, WskClientDispatch, WskNpi, WskProviderCharacteristics};
+///
+/// #[derive(Default)]
+/// struct App { wsk: Mutex<Option<Binding<WskClient>>> }
+/// impl Client<WskNpi> for App {
+///     type BindingContext = ();
+///     fn attach_provider(&self, peer: &PeerInfo<'_, WskProviderCharacteristics>,
+///                        attach: &mut ClientAttach<'_, WskNpi>) -> Result<(), Declined> {
+///         let range = peer.characteristics.ok_or(Declined::no_interface())?;
+///         let b = attach.attach(Arc::new(WskClientDispatch::new(range.highest_version)))
+///             .map_err(Declined::with_status)?;
+///         *self.wsk.lock().unwrap() = Some(b);
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let nmr = nmr::Registrar::new();
+/// let provider = wsk::WskProvider::start(&nmr, wsk::ProviderConfig::default())?;
+/// let app = Arc::new(App::default());
+/// let id = nmr::ModuleId::Guid(nmr::Guid::from_u128(0xA99));
+/// let reg = ClientRegistration::<WskNpi>::register(&nmr, ModuleInfo::new(id), None, app.clone())?;
+/// let wsk = app.wsk.lock().unwrap().clone().unwrap();
+/// let socket = wsk.call(|c| c.datagram_socket(wsk::Family::V4, None))??;  // WskSocket
+/// drop(socket);                      // WskCloseSocket: the provider side can now detach
+/// reg.unload();                      // NmrDeregisterClient + wait
+/// provider.unload();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct WskNpi;
 
