@@ -77,11 +77,12 @@ struct EchoConn {
 }
 
 impl EchoConn {
-    fn echo(self: &Arc<Self>, s: &ConnectionRef, data: Vec<u8>) {
+    fn echo(self: &Arc<Self>, s: &ConnectionRef, data: &[u8]) {
         let n = data.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let op = s.send(data);
+        // Copies nothing when the OS takes it all at once (the common case).
+        let op = s.send_copy(data);
         if op.is_complete() {
             // Sent inline (the common case): no routine, no handles to clone.
             self.sent(s, n, op.wait().is_ok());
@@ -106,9 +107,7 @@ impl EchoConn {
         let s2 = s.clone();
         s.receive(vec![0; 64 << 10]).on_complete(move |r| match r {
             Ok(t) if t.bytes > 0 => {
-                let Transfer { mut buf, bytes } = t;
-                buf.truncate(bytes);
-                me.echo(&s2, buf);
+                me.echo(&s2, t.data());
                 if me.queued.load(Ordering::Acquire) < ECHO_BACKLOG {
                     me.resume(&s2);
                 } else {
@@ -140,7 +139,7 @@ impl ConnectionEvents for EchoConnEvents {
             self.0.paused.store(true, Ordering::Release);
             return ReceiveVerdict::NotAccepted;
         }
-        self.0.echo(s, data.to_vec());
+        self.0.echo(s, data);
         ReceiveVerdict::Accepted
     }
 

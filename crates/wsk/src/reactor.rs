@@ -183,6 +183,11 @@ fn run(mut poll: Poll, shared: Arc<ThreadShared>, counters: Arc<ReactorCounters>
     let mut events = Events::with_capacity(256);
     let mut ready: Vec<(Arc<SocketCore>, bool, bool)> = Vec::with_capacity(256);
     loop {
+        // Checked before sleeping too: if the reactor was dropped on this very thread (inside
+        // a callback that released the last reference), its waker is already closed.
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;

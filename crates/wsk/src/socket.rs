@@ -281,6 +281,8 @@ struct PendingSend {
     done: Completer<Transfer>,
     buf: Vec<u8>,
     off: usize,
+    /// Bytes of the request sent before it was queued (copied sends queue only the rest).
+    base: usize,
 }
 
 struct Inner {
@@ -936,39 +938,77 @@ impl SocketCore {
 
     pub(crate) fn send(self: &Arc<Self>, buf: Vec<u8>) -> Op<Transfer> {
         let mut g = self.inner.lock();
-        if let Err(e) = self.conn_state(&g) {
-            return Op::ready(Err(e));
-        }
+        let off = match self.send_inline(&mut g, &buf) {
+            Ok(off) if off == buf.len() => {
+                drop(g);
+                let bytes = buf.len();
+                return Op::ready(Ok(Transfer { buf, bytes }));
+            }
+            Ok(off) => off,
+            Err(e) => return Op::ready(Err(e)),
+        };
+        let (op, c) = Op::pending_on(self);
+        g.sends.push_back(PendingSend {
+            done: c,
+            buf,
+            off,
+            base: 0,
+        });
+        op
+    }
+
+    /// Send from a borrowed slice: nothing is copied if the OS takes it all at once;
+    /// otherwise the rest is copied and queued. The result's `buf` is empty.
+    pub(crate) fn send_copy(self: &Arc<Self>, data: &[u8]) -> Op<Transfer> {
+        let mut g = self.inner.lock();
+        let off = match self.send_inline(&mut g, data) {
+            Ok(off) if off == data.len() => {
+                return Op::ready(Ok(Transfer {
+                    buf: Vec::new(),
+                    bytes: off,
+                }));
+            }
+            Ok(off) => off,
+            Err(e) => return Op::ready(Err(e)),
+        };
+        let (op, c) = Op::pending_on(self);
+        g.sends.push_back(PendingSend {
+            done: c,
+            buf: data[off..].to_vec(),
+            off: 0,
+            base: off,
+        });
+        op
+    }
+
+    /// Checks the socket can send and, if nothing is queued ahead, writes as much of `data`
+    /// as the OS takes now. Returns the bytes written.
+    fn send_inline(&self, g: &mut Guard<'_>, data: &[u8]) -> Result<usize> {
+        self.conn_state(g)?;
         if g.send_shut {
-            return Op::ready(Err(Error::Disconnected));
+            return Err(Error::Disconnected);
         }
         let mut off = 0;
-        if g.sends.is_empty() {
-            let Io::Connected(stream) = &g.io else {
-                unreachable!("checked by conn_state")
-            };
-            loop {
-                if off == buf.len() {
-                    g.sent += off as u64;
-                    drop(g);
-                    let bytes = buf.len();
-                    return Op::ready(Ok(Transfer { buf, bytes }));
-                }
-                match sys::send(stream, &buf[off..]) {
-                    Ok(n) => off += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let err = Error::from_io(&e);
-                        g.fault = Some(err.clone());
-                        return Op::ready(Err(err));
-                    }
+        if !g.sends.is_empty() {
+            return Ok(0);
+        }
+        let Io::Connected(stream) = &g.io else {
+            unreachable!("checked by conn_state")
+        };
+        while off < data.len() {
+            match sys::send(stream, &data[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let err = Error::from_io(&e);
+                    g.fault = Some(err.clone());
+                    return Err(err);
                 }
             }
         }
-        let (op, c) = Op::pending_on(self);
-        g.sends.push_back(PendingSend { done: c, buf, off });
-        op
+        g.sent += off as u64;
+        Ok(off)
     }
 
     fn drive_sends(self: &Arc<Self>, g: &mut Guard<'_>, done: &mut Vec<Done>) {
@@ -984,7 +1024,7 @@ impl SocketCore {
                     sent += n as u64;
                     if front.off == front.buf.len() {
                         let p = inner.sends.pop_front().expect("front exists");
-                        let bytes = p.buf.len();
+                        let bytes = p.base + p.buf.len();
                         done.push(Done::Xfer(p.done, Ok(Transfer { buf: p.buf, bytes })));
                     }
                 }
@@ -1569,7 +1609,7 @@ macro_rules! socket_handles {
                 self.0.set_dispatch(events)
             }
 
-            /// True once the socket has been closed.
+            /// True once closing has begun (it finishes on the closing thread).
             pub fn is_closed(&self) -> bool {
                 self.0.inner.lock().closed
             }
@@ -1671,6 +1711,12 @@ impl ConnectionRef {
     /// `WskSend`: send all of `buf`; completes when the OS has taken every byte.
     pub fn send(&self, buf: Vec<u8>) -> Op<Transfer> {
         self.0.send(buf)
+    }
+
+    /// `WskSend` from a borrowed slice (e.g. inside a receive event): copies only what the OS
+    /// does not take at once. `Transfer::bytes` counts all of `data`; `Transfer::buf` is empty.
+    pub fn send_copy(&self, data: &[u8]) -> Op<Transfer> {
+        self.0.send_copy(data)
     }
 
     /// `WskReceive`: receive up to `buf.len()` bytes into `buf`; 0 bytes means the peer
