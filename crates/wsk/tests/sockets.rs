@@ -787,3 +787,56 @@ fn stream_sockets_become_listeners_or_connections_by_use() {
 fn raw(at: SocketAddr) -> u16 {
     if at.is_ipv4() { AF_INET } else { AF_INET6 }
 }
+
+#[test]
+fn close_waits_for_an_event_callback_in_progress_on_another_thread() {
+    struct Slow {
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+        finished: std::sync::atomic::AtomicBool,
+    }
+    impl ConnectionEvents for Slow {
+        fn on_receive(&self, _: &ConnectionRef, _: &[u8]) -> ReceiveVerdict {
+            if let Some(tx) = self.entered.lock().unwrap().take() {
+                tx.send(()).unwrap();
+                // Held here (bounded) until the test lets go.
+                let rx = self.release.lock().unwrap().take().unwrap();
+                rx.recv_timeout(T).unwrap();
+                self.finished.store(true, Ordering::SeqCst);
+            }
+            ReceiveVerdict::Accepted
+        }
+    }
+    let wsk = Subsystem::new(1).unwrap();
+    let c = wsk.client();
+    let (a, b) = connected_pair(&c, v4());
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let ev = Arc::new(Slow {
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+        finished: std::sync::atomic::AtomicBool::new(false),
+    });
+    b.set_dispatch(SocketDispatch::Connection(ev.clone()))
+        .unwrap();
+    b.enable_events(EventMask::RECEIVE).unwrap();
+    wait(a.send(vec![1])).unwrap();
+    entered_rx.recv_timeout(T).unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let ev2 = ev.clone();
+    let closer = std::thread::spawn(move || {
+        drop(b);
+        // Close returned: the callback must have finished first.
+        closed_tx.send(ev2.finished.load(Ordering::SeqCst)).unwrap();
+    });
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "close returned while the callback ran"
+    );
+    release_tx.send(()).unwrap();
+    assert!(
+        closed_rx.recv_timeout(T).unwrap(),
+        "close returned before the callback finished"
+    );
+    closer.join().unwrap();
+}
