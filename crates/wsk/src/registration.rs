@@ -151,7 +151,8 @@ impl WskRegistration {
     /// `WskCaptureProviderNPI`: `wait_ms` is [`WSK_NO_WAIT`], [`WSK_INFINITE_WAIT`] or a
     /// timeout in milliseconds. Fails with [`Error::DeviceNotReady`] if no provider is
     /// attached in time or deregistration has begun, [`Error::NoInterface`] if the provider
-    /// refused the version.
+    /// refused the version. A capture that would have to wait is refused with
+    /// [`Error::WouldDeadlock`] on a provider I/O thread.
     pub fn capture_provider_npi(&self, wait_ms: u32) -> Result<WskProviderNpi> {
         let deadline = match wait_ms {
             WSK_NO_WAIT | WSK_INFINITE_WAIT => None,
@@ -171,6 +172,10 @@ impl WskRegistration {
             }
             if st.rejected {
                 return Err(Error::NoInterface);
+            }
+            if wait_ms != WSK_NO_WAIT && crate::reactor::on_io_thread() {
+                // A wait here would stall the I/O thread (spec: waiting captures are P-level).
+                return Err(Error::WouldDeadlock);
             }
             match (wait_ms, deadline) {
                 (WSK_NO_WAIT, _) => return Err(Error::DeviceNotReady),

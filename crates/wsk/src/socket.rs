@@ -771,6 +771,7 @@ impl SocketCore {
             (io, g.ticket.take())
         };
         drop(io);
+        tracing::trace!(target: "wsk", category = self.category.name(), cancelled = done.len(), "socket closed");
         flush(&mut done);
         self.counters()
             .sockets_closed

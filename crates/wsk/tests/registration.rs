@@ -354,3 +354,42 @@ fn provider_deregistering_detaches_every_client_and_waits_for_their_sockets() {
     }
     provider.unload();
 }
+
+#[test]
+fn a_capture_that_would_wait_is_refused_on_an_io_thread() {
+    struct Ev(Mutex<Option<WskRegistration>>, mpsc::Sender<(Error, Error)>);
+    impl DatagramEvents for Ev {
+        fn on_receive_from(&self, _: &DatagramRef, _: &[u8], _: SocketAddr) {
+            let g = self.0.lock().unwrap();
+            let reg = g.as_ref().unwrap();
+            let waiting = reg.capture_provider_npi(1_000).unwrap_err();
+            let no_wait = reg.capture_provider_npi(WSK_NO_WAIT).unwrap_err();
+            self.1.send((waiting, no_wait)).unwrap();
+        }
+    }
+    let nmr = Registrar::new();
+    let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
+    // A registration on another registrar, where no provider will ever come.
+    let lonely = Registrar::new();
+    let other =
+        WskRegistration::register(&lonely, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let ev = Arc::new(Ev(Mutex::new(Some(other)), tx));
+    let reg = WskRegistration::register(&nmr, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap();
+    let npi = reg.capture_provider_npi(WSK_NO_WAIT).unwrap();
+    let d = npi.datagram_socket(Family::V4, Some(ev.clone())).unwrap();
+    d.bind(v4()).wait().unwrap();
+    d.enable_events(EventMask::RECEIVE_FROM).unwrap();
+    d.send_to(vec![1], d.local_address().unwrap())
+        .wait()
+        .unwrap();
+    assert_eq!(
+        rx.recv_timeout(T).unwrap(),
+        (Error::WouldDeadlock, Error::DeviceNotReady)
+    );
+    drop(d);
+    drop(npi);
+    reg.deregister();
+    ev.0.lock().unwrap().take().unwrap().deregister();
+    provider.unload();
+}
