@@ -824,8 +824,10 @@ impl SocketCore {
         g.cb_running += 1;
         let me = self as *const Self as *const () as usize;
         let r = MutexGuard::unlocked(g, || {
-            flush(done);
+            // Marked first: a completion routine flushed here that closes this socket must
+            // not wait for the callback count it is itself part of.
             let prev = IN_CALLBACK.with(|c| c.replace(me));
+            flush(done);
             let r = f();
             IN_CALLBACK.with(|c| c.set(prev));
             r
