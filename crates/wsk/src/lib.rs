@@ -26,6 +26,61 @@
 //!
 //! Only IPv4/IPv6 TCP and UDP are supported. Stream sockets (`WSK_FLAG_STREAM_SOCKET`) become
 //! listening or connection sockets by use (`listen` or `connect` after `bind`).
+//!
+//! ## Usage: the life of a WSK application
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use wsk::*;
+//! let nmr = nmr::Registrar::new();
+//! let provider = WskProvider::start(&nmr, ProviderConfig::default())?;        // the subsystem
+//!
+//! let reg = WskRegistration::register(&nmr, WskClientDispatch::new(npi::WSK_VERSION_1_0))?; // WskRegister
+//! let wsk = reg.capture_provider_npi(WSK_INFINITE_WAIT)?;                      // WskCaptureProviderNPI
+//!
+//! let listener = wsk.listen_socket(Family::V4, None)?;                         // WskSocket
+//! listener.bind("127.0.0.1:0".parse()?).wait()?;                               // WskBind (listens)
+//! let accept = listener.accept();                                              // WskAccept: PENDING
+//! let conn = wsk
+//!     .socket_connect(SOCK_STREAM, IPPROTO_TCP, "127.0.0.1:0".parse()?, listener.local_address()?, 0, None)
+//!     .wait()?;                                                                // WskSocketConnect
+//! let server_side = accept.wait()?.socket;
+//!
+//! conn.send(b"ping".to_vec()).wait()?;                                         // WskSend
+//! let got = server_side.receive(vec![0; 16]).wait()?;                          // WskReceive
+//! assert_eq!(got.data(), b"ping");
+//!
+//! drop((conn, server_side, listener));   // WskCloseSocket (abortive for live connections)
+//! drop(wsk);                             // WskReleaseProviderNPI
+//! reg.deregister();                      // WskDeregister: returns once everything is closed
+//! provider.unload();                     // the subsystem leaves the registrar
+//! # Ok(()) }
+//! ```
+//!
+//! ## Where things are
+//!
+//! | file | what |
+//! |---|---|
+//! | `op.rs` | [`Op`] / [`Completer`]: one-shot completion (the IRP rule) |
+//! | `reactor.rs` | the I/O threads (mio/epoll), readiness dispatch, commands |
+//! | `socket.rs` | socket state machine per category, operations, events, close |
+//! | `client.rs` | [`Subsystem`], [`WskClient`] (provider-level functions), socket accounting |
+//! | `provider.rs` | [`WskNpi`], [`WskProvider`]: the NMR provider, version negotiation, detach |
+//! | `registration.rs` | [`WskRegistration`] and capture: the client registration functions |
+//! | `addrinfo.rs`, `sys.rs` | name resolution; the only `unsafe` (two OS calls) |
+//! | `echo.rs` | echo server and load client applications (CLI, example, benchmark) |
+//!
+//! ## Gotchas
+//!
+//! * Event callbacks and completion routines run on I/O threads: do not block there. A
+//!   blocking wait on an I/O thread is refused with [`Error::WouldDeadlock`].
+//! * Dropping a pending [`Op`] does not cancel it: it still completes (a receive still
+//!   consumes data). Call [`Op::cancel`] to cancel.
+//! * Two callbacks on different I/O threads that close each other's sockets wait for each
+//!   other (close waits for callbacks in progress); close your *own* socket from its
+//!   callback freely.
+//! * Dropping a [`WskProvider`] or [`WskRegistration`] deregisters and waits — until the
+//!   applications' sockets are closed.
 
 #![deny(unsafe_code)]
 
