@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 /// `WskControlClient` code `WSK_TRANSPORT_LIST_QUERY`.
 pub const WSK_TRANSPORT_LIST_QUERY: u32 = 2;
-/// `WskControlClient` code `WSK_TRANSPORT_LIST_CHANGE` (not supported: needs an IRP that
-/// never completes until the transport list changes).
+/// `WskControlClient` code `WSK_TRANSPORT_LIST_CHANGE`: needs an IRP, so it is the typed
+/// [`WskClient::transport_list_change`]; through `control_client` it is refused.
 pub const WSK_TRANSPORT_LIST_CHANGE: u32 = 3;
 /// `WskControlClient` code `WSK_CACHE_SD` (not supported).
 pub const WSK_CACHE_SD: u32 = 4;
@@ -266,6 +266,8 @@ struct ClientState {
     /// No new sockets (the client detached or is closing).
     refuse_new: bool,
     idle_hooks: Vec<IdleHook>,
+    /// Pending `WSK_TRANSPORT_LIST_CHANGE` requests; cancelled when the client detaches.
+    list_change: Vec<crate::Completer<()>>,
 }
 
 /// Per-client state (`WSK_CLIENT`).
@@ -353,8 +355,17 @@ impl ClientCore {
         }
     }
 
+    /// The client is detaching: no new sockets, and pending transport-list-change requests
+    /// are cancelled (the list never changes here, so nothing else would complete them).
     pub(crate) fn refuse_new_sockets(&self) {
-        self.state.lock().refuse_new = true;
+        let pending = {
+            let mut st = self.state.lock();
+            st.refuse_new = true;
+            std::mem::take(&mut st.list_change)
+        };
+        for c in pending {
+            c.complete(Err(Error::Cancelled));
+        }
     }
 }
 
@@ -612,11 +623,12 @@ impl WskClient {
                 self.set_static_event_callbacks(EventMask(mask))?;
                 Ok(0)
             }
-            WSK_TRANSPORT_LIST_CHANGE
-            | WSK_CACHE_SD
-            | WSK_RELEASE_SD
-            | WSK_TDI_DEVICENAME_MAPPING
-            | WSK_TDI_BEHAVIOR => Err(Error::NotImplemented),
+            WSK_TRANSPORT_LIST_CHANGE => Err(Error::InvalidParameter(
+                "WSK_TRANSPORT_LIST_CHANGE needs an IRP: use transport_list_change",
+            )),
+            WSK_CACHE_SD | WSK_RELEASE_SD | WSK_TDI_DEVICENAME_MAPPING | WSK_TDI_BEHAVIOR => {
+                Err(Error::NotImplemented)
+            }
             _ => Err(Error::InvalidParameter("unknown control code")),
         }
     }
@@ -640,6 +652,21 @@ impl WskClient {
         }
         st.static_events = mask;
         Ok(())
+    }
+
+    /// `WSK_TRANSPORT_LIST_CHANGE`: completes when the transport list changes. Here it never
+    /// does, so the operation pends until it is cancelled or the client detaches (then it
+    /// completes with `CANCELLED`, as `WskDeregister` requires).
+    pub fn transport_list_change(&self) -> Op<()> {
+        let mut st = self.core.state.lock();
+        if st.refuse_new {
+            return Op::ready(Err(Error::DeviceNotReady));
+        }
+        let (op, c) = Op::pending();
+        // Cancelling completes it directly; the stale completer is dropped at detach.
+        st.list_change.retain(|c| !c.is_done());
+        st.list_change.push(c);
+        op
     }
 
     /// Typed `WSK_TRANSPORT_LIST_QUERY`.

@@ -348,6 +348,13 @@ impl<T> Completer<T> {
         }
     }
 
+    /// True once the operation has completed (for instance cancelled by its owner).
+    pub fn is_done(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|s| !matches!(&*sync::lock(&s.state), State::Pending { .. }))
+    }
+
     /// Identity of the operation, to find it in a queue.
     pub(crate) fn id(&self) -> usize {
         self.shared

@@ -393,3 +393,29 @@ fn a_capture_that_would_wait_is_refused_on_an_io_thread() {
     ev.0.lock().unwrap().take().unwrap().deregister();
     provider.unload();
 }
+
+#[test]
+fn a_pending_transport_list_change_is_cancelled_by_wsk_deregister() {
+    let nmr = Registrar::new();
+    let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
+    let reg = WskRegistration::register(&nmr, WskClientDispatch::new(WSK_VERSION_1_0)).unwrap();
+    let npi = reg.capture_provider_npi(WSK_NO_WAIT).unwrap();
+    let first = npi.transport_list_change();
+    assert_eq!(first.returned(), Status::PENDING);
+    first.cancel();
+    assert_eq!(first.wait().unwrap_err(), Error::Cancelled);
+    let pending = npi.transport_list_change();
+    assert_eq!(
+        npi.control_client(WSK_TRANSPORT_LIST_CHANGE, &[], &mut [])
+            .unwrap_err()
+            .status(),
+        Status::INVALID_PARAMETER
+    );
+    drop(npi);
+    reg.deregister();
+    assert_eq!(
+        pending.wait_timeout(T).expect("completed").unwrap_err(),
+        Error::Cancelled
+    );
+    provider.unload();
+}
