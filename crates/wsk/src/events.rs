@@ -13,6 +13,8 @@
 //! * A pending receive operation takes priority over the receive event.
 //! * Closing a socket waits for its callbacks in progress (except when it is closed from
 //!   inside its own callback).
+//! * A callback (or completion routine) that panics is caught and logged; the I/O thread, the
+//!   socket and the provider carry on (a panicking receive callback counts as `Accepted`).
 
 use crate::socket::{Accepted, ConnectionRef, DatagramRef, ListenRef};
 use std::net::SocketAddr;
@@ -57,9 +59,10 @@ impl core::ops::BitOr for EventMask {
 }
 
 /// What a receive callback did with the data it was shown.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum ReceiveVerdict {
     /// The client consumed the data (`STATUS_SUCCESS`).
+    #[default]
     Accepted,
     /// The client did not take the data (`STATUS_DATA_NOT_ACCEPTED`): the provider keeps it,
     /// stops raising receive events, and hands it to the next receive operations; events

@@ -343,7 +343,10 @@ impl Done {
 
 fn flush(done: &mut Vec<Done>) {
     for d in done.drain(..) {
-        d.fire();
+        // A completion routine is user code: a panic there must not kill an I/O thread.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.fire())).is_err() {
+            tracing::error!(target: "wsk", "a completion routine panicked");
+        }
     }
 }
 
@@ -820,7 +823,12 @@ impl SocketCore {
     }
 
     /// Run `f` (an event callback) with the socket lock released, counted so close can wait.
-    fn callback<R>(&self, g: &mut Guard<'_>, done: &mut Vec<Done>, f: impl FnOnce() -> R) -> R {
+    fn callback<R: Default>(
+        &self,
+        g: &mut Guard<'_>,
+        done: &mut Vec<Done>,
+        f: impl FnOnce() -> R,
+    ) -> R {
         g.cb_running += 1;
         let me = self as *const Self as *const () as usize;
         let r = MutexGuard::unlocked(g, || {
@@ -828,7 +836,7 @@ impl SocketCore {
             // not wait for the callback count it is itself part of.
             let prev = IN_CALLBACK.with(|c| c.replace(me));
             flush(done);
-            let r = f();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             IN_CALLBACK.with(|c| c.set(prev));
             r
         });
@@ -836,7 +844,10 @@ impl SocketCore {
         if g.closed && g.cb_running == 0 {
             self.cond.notify_all();
         }
-        r
+        r.unwrap_or_else(|_| {
+            tracing::error!(target: "wsk", category = self.category.name(), "an event callback panicked");
+            R::default()
+        })
     }
 
     // ----- connection sockets -----

@@ -840,3 +840,39 @@ fn close_waits_for_an_event_callback_in_progress_on_another_thread() {
     );
     closer.join().unwrap();
 }
+
+#[test]
+fn a_panicking_callback_or_routine_leaves_the_io_thread_and_socket_working() {
+    struct Panicky(AtomicUsize);
+    impl ConnectionEvents for Panicky {
+        fn on_receive(&self, _: &ConnectionRef, _: &[u8]) -> ReceiveVerdict {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("client bug in a receive callback");
+            }
+            ReceiveVerdict::Accepted
+        }
+    }
+    let wsk = Subsystem::new(1).unwrap();
+    let c = wsk.client();
+    let (a, b) = connected_pair(&c, v4());
+    let ev = Arc::new(Panicky(AtomicUsize::new(0)));
+    b.set_dispatch(SocketDispatch::Connection(ev.clone()))
+        .unwrap();
+    b.enable_events(EventMask::RECEIVE).unwrap();
+    wait(a.send(vec![1])).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while ev.0.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "callback never ran");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A completion routine that panics on the I/O thread.
+    let r = b.receive(vec![0; 8]);
+    r.on_complete(|_| panic!("client bug in a completion routine"));
+    wait(a.send(vec![2])).unwrap();
+    // The same I/O thread keeps serving: a new connection pair still works end to end.
+    let (x, y) = connected_pair(&c, v4());
+    wait(x.send(b"alive".to_vec())).unwrap();
+    assert_eq!(recv_exact(&y, 5), b"alive");
+    drop(b); // close does not wait forever on the panicked callback
+    assert_eq!(c.open_sockets(), 3);
+}
