@@ -165,7 +165,10 @@ impl SubsystemInner {
                 .name("wsk-resolver".into())
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        job();
+                        // A completion routine runs inside the job: keep the resolver alive.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            tracing::error!(target: "wsk", "a name-lookup completion routine panicked");
+                        }
                     }
                 });
             if spawned.is_err() {
