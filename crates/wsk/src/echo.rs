@@ -54,6 +54,9 @@ pub struct EchoStats {
     pub active: u64,
     /// Bytes received and sent back.
     pub bytes_echoed: u64,
+    /// Times a connection's send backlog was full and the server refused data
+    /// (`DATA_NOT_ACCEPTED`) until the backlog drained.
+    pub pauses: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +66,7 @@ struct EchoShared {
     closed_bytes: AtomicU64,
     next_id: AtomicU64,
     connections: AtomicU64,
+    pauses: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -137,6 +141,9 @@ impl ConnectionEvents for EchoConnEvents {
     fn on_receive(&self, s: &ConnectionRef, data: &[u8]) -> ReceiveVerdict {
         if self.0.queued.load(Ordering::Acquire) >= ECHO_BACKLOG {
             self.0.paused.store(true, Ordering::Release);
+            if let Some(sh) = self.0.shared.upgrade() {
+                sh.pauses.fetch_add(1, Ordering::Relaxed);
+            }
             return ReceiveVerdict::NotAccepted;
         }
         self.0.echo(s, data);
@@ -236,6 +243,7 @@ impl EchoServer {
             connections: s.connections.load(Ordering::Relaxed),
             active: conns.len() as u64,
             bytes_echoed: s.closed_bytes.load(Ordering::Relaxed) + live,
+            pauses: s.pauses.load(Ordering::Relaxed),
         }
     }
 
@@ -332,8 +340,8 @@ impl std::fmt::Display for EchoStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections accepted ({} open), {} bytes echoed",
-            self.connections, self.active, self.bytes_echoed
+            "{} connections accepted ({} open), {} bytes echoed, {} back-pressure pauses",
+            self.connections, self.active, self.bytes_echoed, self.pauses
         )
     }
 }

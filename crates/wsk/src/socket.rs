@@ -1206,6 +1206,12 @@ impl SocketCore {
             if !g.enabled.contains(EventMask::RECEIVE) || g.held_off < g.held.len() {
                 break;
             }
+            if !done.is_empty() {
+                // Deliver completed receives before indicating newer data: their routines may
+                // post receives that must see the stream in order (they take priority).
+                MutexGuard::unlocked(g, || flush(done));
+                continue;
+            }
             let Some(ev) = g.events.connection_events() else {
                 break;
             };
@@ -1548,6 +1554,11 @@ impl SocketCore {
             }
             if !g.enabled.contains(EventMask::RECEIVE_FROM) {
                 break;
+            }
+            if !done.is_empty() {
+                // Completed receive-froms first, so routines see datagrams in arrival order.
+                MutexGuard::unlocked(g, || flush(done));
+                continue;
             }
             let SocketDispatch::Datagram(ev) = g.events.clone() else {
                 break;

@@ -110,3 +110,63 @@ fn the_provider_can_leave_while_echo_applications_run() {
         .expect("provider deregistration completes");
     assert!(nmr.snapshot().bindings.is_empty());
 }
+
+#[test]
+fn echo_server_back_pressure_keeps_the_stream_intact() {
+    use wsk::{IPPROTO_TCP, SOCK_STREAM, WSK_NO_WAIT, WskClientDispatch, WskRegistration};
+    let nmr = Registrar::new();
+    let provider = WskProvider::start(&nmr, ProviderConfig::default()).unwrap();
+    let server = EchoServer::start(&nmr, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let reg =
+        WskRegistration::register(&nmr, WskClientDispatch::new(wsk::npi::WSK_VERSION_1_0)).unwrap();
+    let npi = reg.capture_provider_npi(WSK_NO_WAIT).unwrap();
+    let s = npi
+        .socket_connect(
+            SOCK_STREAM,
+            IPPROTO_TCP,
+            "127.0.0.1:0".parse().unwrap(),
+            server.local_addr(),
+            0,
+            None,
+        )
+        .wait()
+        .unwrap();
+    // Write far more than socket buffers plus the server's send backlog, reading nothing yet:
+    // the server must stop taking data (DATA_NOT_ACCEPTED) and resume later, in order.
+    let total = 24usize << 20;
+    let data: Vec<u8> = (0..total)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let sends: Vec<_> = data.chunks(256 << 10).map(|c| s.send(c.to_vec())).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut got = Vec::with_capacity(total);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo stalled at {} of {total} bytes",
+            got.len()
+        );
+        let t = s
+            .receive(vec![0; 1 << 20])
+            .wait_timeout(Duration::from_secs(10))
+            .expect("receive completes")
+            .unwrap();
+        assert!(t.bytes > 0);
+        got.extend_from_slice(t.data());
+    }
+    for op in sends {
+        op.wait().unwrap();
+    }
+    assert!(got == data, "echoed stream differs");
+    assert!(
+        server.stats().pauses > 0,
+        "the server never had to refuse data: {:?}",
+        server.stats()
+    );
+    drop(s);
+    drop(npi);
+    reg.deregister();
+    server.stop();
+    provider.unload();
+}
