@@ -233,3 +233,43 @@ fn many_threads_opening_using_and_closing_sockets_leak_nothing() {
     let n = wsk.counters();
     assert_eq!(n.sockets_opened, n.sockets_closed);
 }
+
+#[test]
+fn cancelling_socket_connect_either_wins_or_loses_cleanly() {
+    let wsk = Subsystem::new(1).unwrap();
+    let c = wsk.client();
+    let l = c.listen_socket(Family::V4, None).unwrap();
+    l.bind(v4()).wait().unwrap();
+    let (mut won, mut lost) = (0, 0);
+    for _ in 0..50 {
+        let op = c.socket_connect(SOCK_STREAM, 0, v4(), l.local_address().unwrap(), 0, None);
+        op.cancel();
+        match op.wait_timeout(T).expect("completes") {
+            Ok(s) => {
+                won += 1;
+                drop(s);
+            }
+            Err(e) => {
+                assert_eq!(e, Error::Cancelled);
+                lost += 1;
+            }
+        }
+        // Drain what the listener accepted so its backlog does not fill.
+        loop {
+            match l.accept().wait_timeout(Duration::ZERO) {
+                Ok(Ok(a)) => drop(a),
+                Ok(Err(_)) => break,
+                Err(pending) => {
+                    pending.cancel();
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(won + lost, 50);
+    drop(l);
+    assert!(
+        c.wait_no_sockets(T),
+        "a cancelled connect leaked its socket"
+    );
+}
