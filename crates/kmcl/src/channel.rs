@@ -1635,15 +1635,14 @@ impl Dispatcher {
             if self.incoming_on
                 && !self.quota_blocked()
                 && !self.shared.incoming_failed.load(Ordering::SeqCst)
+                && let Some(ring) = self.incoming.as_mut()
             {
-                if let Some(ring) = self.incoming.as_mut() {
-                    match ring.arm() {
-                        Ok(true) => {}
-                        Ok(false) => continue,
-                        Err(e) => {
-                            self.stop(e);
-                            continue;
-                        }
+                match ring.arm() {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        self.stop(e);
+                        continue;
                     }
                 }
             }
@@ -1745,7 +1744,7 @@ impl Dispatcher {
                 }
             }
             // Release ring space regularly in long batches so the writer can keep going.
-            if read % 64 == 0 {
+            if read.is_multiple_of(64) {
                 match ring.commit_read() {
                     Ok(true) => self.shared.signal(),
                     Ok(false) => {}
@@ -1783,11 +1782,11 @@ impl Dispatcher {
                     let mut accepted = true;
                     let id = self.id();
                     IN_STATE_CALLBACK.with(|c| c.set(id));
-                    if let Some(cb) = self.callbacks.state.opened.as_mut() {
-                        if let Err(e) = cb(&self.handle) {
-                            tracing::info!(error = %e, "opened callback refused the channel");
-                            accepted = false;
-                        }
+                    if let Some(cb) = self.callbacks.state.opened.as_mut()
+                        && let Err(e) = cb(&self.handle)
+                    {
+                        tracing::info!(error = %e, "opened callback refused the channel");
+                        accepted = false;
                     }
                     IN_STATE_CALLBACK.with(|c| c.set(0));
                     let more = {

@@ -196,11 +196,11 @@ pub struct PacketInfo {
 }
 
 fn valid_index(v: u32, size: u32) -> bool {
-    v < size && v % 8 == 0
+    v < size && v.is_multiple_of(8)
 }
 
 fn check_size(size: u32) -> Result<(), Error> {
-    if size < 64 || size % 8 != 0 || size > u32::MAX / 2 {
+    if size < 64 || !size.is_multiple_of(8) || size > u32::MAX / 2 {
         return Err(Error::RingCorrupt(Corruption::RingSize(size)));
     }
     Ok(())
@@ -336,7 +336,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         payload: &[u8],
     ) -> Result<bool, Error> {
         self.check()?;
-        if ext.len() % 8 != 0 {
+        if !ext.len().is_multiple_of(8) {
             return Err(Error::InvalidArgument(
                 "extra header must be a multiple of 8 bytes",
             ));

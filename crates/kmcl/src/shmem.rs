@@ -112,7 +112,7 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Allocates `len` zeroed, page-aligned bytes on the heap.
     pub fn heap(len: usize) -> Result<Arc<Region>, Error> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidArgument(
                 "region length must be a non-zero multiple of 4096",
             ));
@@ -134,7 +134,7 @@ impl Region {
     /// With `sealed`, the file is sealed against shrinking and growing, so the peer that
     /// maps it cannot be made to fault by truncation.
     pub fn memfd(name: &str, len: usize, sealed: bool) -> Result<(Arc<Region>, OwnedFd), Error> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidArgument(
                 "region length must be a non-zero multiple of 4096",
             ));
@@ -163,7 +163,7 @@ impl Region {
     /// file's size; a file shorter than `len` would fault on access, so check with `fstat`.
     pub fn map(fd: impl AsFd, len: usize) -> Result<Arc<Region>, Error> {
         let nz = NonZeroUsize::new(len).ok_or(Error::InvalidArgument("empty mapping"))?;
-        if len % PAGE_SIZE != 0 {
+        if !len.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidArgument(
                 "mapping length must be a multiple of 4096",
             ));
@@ -247,7 +247,7 @@ impl RingView {
             .checked_add(PAGE_SIZE)
             .and_then(|e| e.checked_add(data_len))
             .ok_or(Error::InvalidArgument("ring offset"))?;
-        if offset % PAGE_SIZE != 0 || end > region.len {
+        if !offset.is_multiple_of(PAGE_SIZE) || end > region.len {
             return Err(Error::InvalidArgument("ring does not fit in its region"));
         }
         Ok(Self {

@@ -122,7 +122,7 @@ fn recv_msg(sock: &UnixStream) -> Result<Message, Error> {
     recv_exact(sock, &mut hdr, &mut fds)?;
     let ty = u32_at(&hdr, 0);
     let len = u32_at(&hdr, 1);
-    if len > MAX_BODY || len % 4 != 0 {
+    if len > MAX_BODY || !len.is_multiple_of(4) {
         return Err(Error::Protocol(
             "control message body too long or unaligned",
         ));
@@ -327,10 +327,10 @@ impl Link for UnixLink {
             Role::Client => self.establish_client(params, cancelled),
             Role::Server => self.establish_server(cancelled),
         };
-        if let Err(e) = &r {
-            if !matches!(e, Error::Cancelled) {
-                tracing::info!(peer = %self.peer.display(), error = %e, "handshake failed");
-            }
+        if let Err(e) = &r
+            && !matches!(e, Error::Cancelled)
+        {
+            tracing::info!(peer = %self.peer.display(), error = %e, "handshake failed");
         }
         r
     }
