@@ -34,6 +34,7 @@ pub mod channel;
 mod error;
 pub mod event;
 pub mod lifecycle;
+pub mod pipe;
 pub mod ring;
 pub mod shmem;
 pub mod sync;
