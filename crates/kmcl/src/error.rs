@@ -1,5 +1,7 @@
 //! The crate's error type.
 
+#![forbid(unsafe_code)]
+
 use crate::ring::Corruption;
 
 /// Everything that can go wrong in this crate.

@@ -6,10 +6,10 @@
 //! transition and every misuse is therefore a plain unit test (bottom of this file).
 //!
 //! ```text
-//! Initializing --enable--> Enabled --peer connected--> (Opened callback)
-//!     | pause: arm auto-pause      |  ok ----> Opened{stopped}
-//!     |                            |  refused -> Closed
-//!     |                            '--peer gone / disable--> Closed / Disabled
+//! Initializing --enable--> Enabled --peer connected--> Opening (Opened callback runs)
+//!     | pause: arm auto-pause      |                       |  ok ----> Opened{stopped}
+//!     |                            |                       |  refused -> Closed
+//!     |                            '--peer gone / disable--'--> Closed / Disabled
 //! Opened{stopped} --start (server) | implicit (client, unless auto-pause armed)-->
 //!      Started callback, incoming on, PostStarted callback --> Opened{running}
 //! Opened{running} --pause--> Suspend callback, incoming off, drain --> Opened{stopped}

@@ -4,6 +4,8 @@
 //! atomics, fences, mutexes and condition variables from here, so the loom models in
 //! `tests/loom_*.rs` exercise the same code that ships.
 
+#![forbid(unsafe_code)]
+
 #[cfg(not(loom))]
 pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 

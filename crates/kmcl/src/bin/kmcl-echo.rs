@@ -16,7 +16,7 @@ fn serve(connector: kmcl::Connector, id: u64) -> Result<(), kmcl::Error> {
     let channel = Channel::allocate(Role::Server, connector)?;
     channel.set_friendly_name(&format!("echo-{id}"))?;
     // The client sizes the rings; accept any packet that fits them.
-    channel.set_max_packet_size(256 * 1024)?;
+    channel.set_max_packet_size(512 * 1024 - 64)?;
     channel.set_process_packet_callbacks(
         |_ch, packet| {
             let payload = packet.payload();
