@@ -80,6 +80,34 @@ fn small_packets(c: &mut Criterion) {
     g.bench_function("std_mpsc_sync", |b| {
         b.iter_custom(|it| (0..it).map(|_| mpsc_transfer(N)).sum())
     });
+    // Reference: the ring's own cost with no second core involved (write 32, read 32).
+    g.bench_function("kmcl_ring_single_thread", |b| {
+        use kmcl::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND};
+        let view = kmcl::shmem::RingView::heap(16).unwrap();
+        let mut w = OutgoingRing::new(view.clone()).unwrap();
+        let mut r = IncomingRing::new(view).unwrap();
+        let header = PacketHeader {
+            packet_type: TYPE_IN_BAND,
+            flags: 0,
+            trans_id: 0,
+        };
+        let payload = [7u8; 64];
+        let mut buf = Vec::new();
+        b.iter_custom(|it| {
+            let start = Instant::now();
+            for _ in 0..it * N / 32 {
+                for _ in 0..32 {
+                    w.try_write(header, &[0; 8], black_box(&payload)).unwrap();
+                }
+                w.commit().unwrap();
+                while let Some(i) = r.read_packet(&mut buf).unwrap() {
+                    black_box(&buf[i.payload]);
+                }
+                r.commit_read().unwrap();
+            }
+            start.elapsed()
+        })
+    });
     g.bench_function("kmcl_ring_commit_each", |b| {
         b.iter_custom(|it| (0..it).map(|_| ring_transfer(N, 64, 16, 1)).sum())
     });

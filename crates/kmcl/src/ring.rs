@@ -221,7 +221,7 @@ fn write_wrapped<M: RingMemory>(mem: &M, size: u32, off: u32, bytes: &[u8]) -> u
     if first < bytes.len() {
         mem.write(0, &bytes[first..]);
     }
-    ((off as u64 + bytes.len() as u64) % size as u64) as u32
+    wrap_add(off, bytes.len(), size)
 }
 
 fn read_wrapped<M: RingMemory>(mem: &M, size: u32, off: u32, dst: &mut [u8]) -> u32 {
@@ -231,7 +231,14 @@ fn read_wrapped<M: RingMemory>(mem: &M, size: u32, off: u32, dst: &mut [u8]) -> 
     if !b.is_empty() {
         mem.read(0, b);
     }
-    ((off as u64 + dst.len() as u64) % size as u64) as u32
+    wrap_add(off, dst.len(), size)
+}
+
+/// `(off + len) mod size` for `off < size` and `len <= size`, without a division.
+fn wrap_add(off: u32, len: usize, size: u32) -> u32 {
+    let end = off as usize + len;
+    let size = size as usize;
+    (if end >= size { end - size } else { end }) as u32
 }
 
 /// The producer half of a ring.
@@ -370,7 +377,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         off = write_wrapped(&self.mem, self.size, off, payload);
         let pad = payload.len().next_multiple_of(8) - payload.len();
         let mut tail = [0u8; 16];
-        tail[pad..pad + 8].copy_from_slice(&((start as u64) << 32).to_le_bytes());
+        tail[pad..pad + 8].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
         self.tail = write_wrapped(&self.mem, self.size, off, &tail[..pad + 8]);
         Ok(true)
     }
@@ -516,8 +523,14 @@ impl<M: RingMemory> IncomingRing<M> {
         if avail < DESCRIPTOR_LEN + TRAILER_LEN {
             return Err(self.corrupt(Corruption::Truncated));
         }
+        // Read the descriptor once, into the private buffer; every check below and every
+        // later use reads this copy, never shared memory.
+        if buf.len() < DESCRIPTOR_LEN {
+            buf.resize(DESCRIPTOR_LEN, 0);
+        }
+        let after_desc = read_wrapped(&self.mem, self.size, self.head, &mut buf[..DESCRIPTOR_LEN]);
         let mut desc = [0u8; DESCRIPTOR_LEN];
-        read_wrapped(&self.mem, self.size, self.head, &mut desc);
+        desc.copy_from_slice(&buf[..DESCRIPTOR_LEN]);
         let ty = u16::from_le_bytes([desc[0], desc[1]]);
         let offset8 = u16::from_le_bytes([desc[2], desc[3]]) as usize;
         let len8 = u16::from_le_bytes([desc[4], desc[5]]) as usize;
@@ -539,24 +552,16 @@ impl<M: RingMemory> IncomingRing<M> {
         ) {
             return Err(self.corrupt(Corruption::PacketType(ty)));
         }
-        // Copy the whole packet (and its trailer) out once; validate only the private copy.
+        // Copy the rest of the packet (and its trailer) out once; validate only the copy.
         if buf.len() < len + TRAILER_LEN {
             buf.resize(len + TRAILER_LEN, 0);
         }
-        let next = read_wrapped(
-            &self.mem,
-            self.size,
-            self.head,
-            &mut buf[..len + TRAILER_LEN],
-        );
+        let rest = &mut buf[DESCRIPTOR_LEN..len + TRAILER_LEN];
+        let next = read_wrapped(&self.mem, self.size, after_desc, rest);
         let mut t = [0u8; 8];
         t.copy_from_slice(&buf[len..len + TRAILER_LEN]);
         if (u64::from_le_bytes(t) >> 32) as u32 != self.head {
             return Err(self.corrupt(Corruption::Trailer));
-        }
-        // Re-check the copied descriptor: the peer may have changed it between the reads.
-        if buf[..DESCRIPTOR_LEN] != desc {
-            return Err(self.corrupt(Corruption::PacketLength));
         }
         let external = match ty {
             TYPE_TRANSFER_PAGES => match parse_transfer_pages(&buf[..off]) {
