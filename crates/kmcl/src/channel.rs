@@ -1685,6 +1685,7 @@ impl Dispatcher {
         let id = Arc::as_ptr(&self.shared) as usize;
         let mut delivered = 0u32;
         let mut read = 0u32;
+        let mut unreleased = 0usize;
         IN_BATCH.with(|b| b.set(id));
         let result = loop {
             if self.shared.incoming_failed.load(Ordering::SeqCst) {
@@ -1743,8 +1744,11 @@ impl Dispatcher {
                     }
                 }
             }
-            // Release ring space regularly in long batches so the writer can keep going.
-            if read.is_multiple_of(64) {
+            // Release ring space regularly in long batches (every 64 packets or eighth of the
+            // ring) so the writer can keep going.
+            unreleased += info.payload.end + 8;
+            if read.is_multiple_of(64) || unreleased >= ring.size() as usize / 8 {
+                unreleased = 0;
                 match ring.commit_read() {
                     Ok(true) => self.shared.signal(),
                     Ok(false) => {}

@@ -3,8 +3,8 @@
 //!
 //! This is the ring protocol with nothing else around it (no channel lifecycle, no
 //! transactions): the writer publishes batches and sleeps on `pending_send_size` when the
-//! ring is full, the reader drains and sleeps after `arm` when it is empty. Both spin
-//! briefly before sleeping, because a futex wake costs far more than a packet. It is what
+//! ring is full, the reader drains and sleeps after `arm` when it is empty. Both back off
+//! (spin, then yield) before sleeping, because a futex wake costs far more than a packet. It is what
 //! the two-thread benchmarks measure, and a building block for code that wants the ring's
 //! wire format without the channel machinery.
 //!
@@ -26,14 +26,15 @@
 
 use std::sync::Arc;
 
+use crossbeam_utils::Backoff;
+
 use crate::Error;
 use crate::event::{Event, GONE, SIGNAL};
 use crate::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND, packet_len};
 use crate::shmem::RingView;
 
-/// Polls before sleeping.
-const SPIN: u32 = 2000;
-/// The reader releases ring space at least every this many packets.
+/// The reader releases ring space at least every this many packets (and every eighth of
+/// the ring).
 const READ_COMMIT_EVERY: u32 = 16;
 
 /// The sending end.
@@ -55,6 +56,7 @@ pub struct PipeReader {
     from_writer: Arc<Event>,
     buf: Vec<u8>,
     unreleased: u32,
+    unreleased_bytes: usize,
     signals: u64,
 }
 
@@ -78,6 +80,7 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             from_writer: to_reader,
             buf: Vec::new(),
             unreleased: 0,
+            unreleased_bytes: 0,
             signals: 0,
         },
     ))
@@ -109,8 +112,10 @@ impl PipeWriter {
                 return Ok(());
             }
             self.flush()?;
-            for _ in 0..SPIN {
-                std::hint::spin_loop();
+            // Spin, then yield, then sleep (crossbeam's backoff policy).
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
                 if self.ring.free_bytes()? >= needed {
                     continue 'retry;
                 }
@@ -158,8 +163,9 @@ impl PipeReader {
                 break 'found info;
             }
             self.release()?;
-            for _ in 0..SPIN {
-                std::hint::spin_loop();
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
                 if let Some(info) = self.ring.read_packet(&mut self.buf)? {
                     break 'found info;
                 }
@@ -176,7 +182,10 @@ impl PipeReader {
             }
         };
         self.unreleased += 1;
-        if self.unreleased >= READ_COMMIT_EVERY {
+        self.unreleased_bytes += info.payload.end + 8;
+        if self.unreleased >= READ_COMMIT_EVERY
+            || self.unreleased_bytes >= self.ring.size() as usize / 8
+        {
             self.release()?;
         }
         let p = &self.buf[info.payload.clone()];
@@ -195,6 +204,7 @@ impl PipeReader {
 
     fn release(&mut self) -> Result<(), Error> {
         self.unreleased = 0;
+        self.unreleased_bytes = 0;
         if self.ring.commit_read()? {
             self.signals += 1;
             self.to_writer.raise(SIGNAL);
