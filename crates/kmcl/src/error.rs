@@ -6,16 +6,16 @@ use crate::ring::Corruption;
 
 /// Everything that can go wrong in this crate.
 ///
-/// The KMCL status each variant stands for is given in brackets; the mapping to NTSTATUS
+/// The KMCL status each variant stands for is noted on it; the mapping to NTSTATUS
 /// values belongs at a C boundary, not here.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An init setter was called after `enable` [INVALID_PARAMETER_1: "not in the
-    /// initialization phase"].
+    /// An init setter was called after `enable` (KMCL: `INVALID_PARAMETER_1`, "not in the
+    /// initialization phase").
     #[error("init setters are valid only before the channel is enabled")]
     NotInitializing,
-    /// An argument was out of range [INVALID_PARAMETER_2/_3].
+    /// An argument was out of range (KMCL: `INVALID_PARAMETER_2`/`_3`).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
     /// The operation is not valid in the channel's current state.
@@ -37,13 +37,13 @@ pub enum Error {
     /// The packet is larger than the channel's maximum packet size or than the ring.
     #[error("packet larger than the maximum packet size or the ring")]
     PacketTooLarge,
-    /// The packet did not fit in the ring and was not queued [BUFFER_OVERFLOW].
+    /// The packet did not fit in the ring and was not queued (KMCL: `BUFFER_OVERFLOW`).
     #[error("packet does not fit in the ring and was not queued")]
     BufferOverflow,
-    /// The request timed out and was cancelled [CANCELLED].
+    /// The request timed out and was cancelled (KMCL: `CANCELLED`).
     #[error("request cancelled")]
     Cancelled,
-    /// The channel closed or is shutting down [DEVICE_REMOVED].
+    /// The channel closed or is shutting down (KMCL: `DEVICE_REMOVED`).
     #[error("channel closed or shutting down")]
     DeviceRemoved,
     /// The peer wrote an invalid ring; the channel stopped.

@@ -26,6 +26,9 @@
 //!   completion tokens, transaction quota.
 //! * [`transport`]: two endpoints in one process, or two processes over a memfd mapping,
 //!   eventfds and a Unix socket (`PROTOCOL.md`).
+//! * [`pipe`]: the bare ring protocol as a blocking in-process packet pipe (what the
+//!   two-thread benchmarks measure).
+//! * [`event`]: the in-process coalescing signal; [`sync`]: the std/loom facade.
 //! * `shmem`: the only `unsafe` code: shared-memory atomics and copies.
 //!
 //! Errors are one enum, [`Error`]; KMCL's NTSTATUS values are noted on its variants.

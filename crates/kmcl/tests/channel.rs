@@ -785,3 +785,61 @@ fn dropping_an_enabled_channel_disables_it() {
     server.disable().unwrap();
     server.cleanup().unwrap();
 }
+
+#[test]
+fn packets_sent_before_the_channel_opens_are_queued_then_delivered() {
+    let (client, server) = Channel::local_pair().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    server
+        .set_process_packet_callbacks(
+            move |_, p| {
+                g2.lock().unwrap().push(p.payload().to_vec());
+                p.complete(&[]).unwrap();
+            },
+            none(),
+        )
+        .unwrap();
+    client.enable().unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 0..3u8 {
+        let tx = tx.clone();
+        client
+            .send(&[i], SendFlags::WAIT_FOR_COMPLETION, move |c| {
+                tx.send(c.result.is_ok()).unwrap()
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        client.counters().packets_queued,
+        3,
+        "no peer yet: queued, not sent"
+    );
+    assert_eq!(client.counters().packets_sent, 0);
+    server.enable().unwrap();
+    server.start().unwrap();
+    for _ in 0..3 {
+        assert!(rx.recv().unwrap());
+    }
+    assert_eq!(*got.lock().unwrap(), vec![vec![0], vec![1], vec![2]]);
+    teardown(client, server);
+}
+
+#[test]
+fn the_in_process_pipe_moves_packets_in_order_and_reports_the_writer_leaving() {
+    let (mut tx, mut rx) = kmcl::pipe::pipe(1).unwrap();
+    tx.set_batch(7);
+    let writer = std::thread::spawn(move || {
+        for i in 0..5000u32 {
+            tx.send(&i.to_le_bytes().repeat((i % 50) as usize)).unwrap();
+        }
+    });
+    for i in 0..5000u32 {
+        assert_eq!(
+            rx.recv().unwrap(),
+            &i.to_le_bytes().repeat((i % 50) as usize)[..]
+        );
+    }
+    writer.join().unwrap();
+    assert!(matches!(rx.recv(), Err(Error::DeviceRemoved)));
+}
