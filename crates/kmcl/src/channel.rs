@@ -1242,6 +1242,11 @@ impl Channel {
         &self.handle.shared
     }
 
+    /// Misuse is reported before argument errors: `NotInitializing` after enable.
+    fn check_setter(&self) -> Result<(), Error> {
+        lock(&self.shared().ctl).life.check_setter()
+    }
+
     fn setter(&self, f: impl FnOnce(&mut Ctl)) -> Result<(), Error> {
         let mut ctl = lock(&self.shared().ctl);
         ctl.life.check_setter()?;
@@ -1252,11 +1257,7 @@ impl Channel {
     /// Largest payload `send` will ever use (`InitSetMaximumPacketSize`). 0 is
     /// `InvalidArgument`.
     pub fn set_max_packet_size(&self, size: u32) -> Result<(), Error> {
-        self.shared()
-            .ctl
-            .lock()
-            .map(|c| c.life.check_setter())
-            .unwrap_or(Ok(()))?;
+        self.check_setter()?;
         if size == 0 || packet_len(KMCL_HEADER_LEN, size as usize).is_none() {
             return Err(Error::InvalidArgument(
                 "maximum packet size must be > 0 and < 512 KiB",
@@ -1269,11 +1270,7 @@ impl Channel {
     /// (`VmbClientChannelInitSetRingBufferPageCount`; client only: the client supplies the
     /// memory).
     pub fn set_ring_page_counts(&self, incoming: u32, outgoing: u32) -> Result<(), Error> {
-        self.shared()
-            .ctl
-            .lock()
-            .map(|c| c.life.check_setter())
-            .unwrap_or(Ok(()))?;
+        self.check_setter()?;
         if self.shared().role != Role::Client {
             return Err(Error::InvalidArgument(
                 "ring page counts are set by the client",
@@ -1329,11 +1326,7 @@ impl Channel {
     /// Channel flags (`InitSetFlags`): only [`FLAG_IS_PIPE`] is defined; other bits are
     /// `InvalidArgument`.
     pub fn set_flags(&self, flags: u32) -> Result<(), Error> {
-        self.shared()
-            .ctl
-            .lock()
-            .map(|c| c.life.check_setter())
-            .unwrap_or(Ok(()))?;
+        self.check_setter()?;
         if flags & !FLAG_IS_PIPE != 0 {
             return Err(Error::InvalidArgument("unknown channel flags"));
         }
@@ -1407,6 +1400,7 @@ impl Channel {
                 incoming_on: false,
                 buf: Vec::new(),
                 exit: false,
+                peer_gone_pending: false,
             };
             d.run(params);
         });
@@ -1550,6 +1544,9 @@ struct Dispatcher {
     incoming_on: bool,
     buf: Vec<u8>,
     exit: bool,
+    /// The peer went away (or the channel must stop); handled once the requests queued
+    /// before that moment have run, so callbacks keep their order.
+    peer_gone_pending: bool,
 }
 
 /// The payload of an in-band or completion packet: after the KMCL header if there is one.
@@ -1596,7 +1593,7 @@ impl Dispatcher {
             Err(e) => {
                 tracing::info!(error = %e, "channel handshake did not complete");
                 self.record(e);
-                self.peer_gone();
+                self.peer_gone_pending = true;
             }
         }
         self.main_loop();
@@ -1626,6 +1623,14 @@ impl Dispatcher {
                 self.shared.ctl_cv.notify_all();
                 continue;
             }
+            if self.peer_gone_pending {
+                self.peer_gone_pending = false;
+                self.peer_gone();
+                continue;
+            }
+            if self.exit {
+                continue;
+            }
             if let Err(e) = self.pump() {
                 self.stop(e);
                 continue;
@@ -1650,7 +1655,7 @@ impl Dispatcher {
                 continue;
             }
             match self.shared.link.wait() {
-                Wake::PeerGone => self.peer_gone(),
+                Wake::PeerGone => self.peer_gone_pending = true,
                 Wake::Events => {
                     self.shared.recv.wakeups.fetch_add(1, Ordering::Relaxed);
                     if let Some(ring) = self.incoming.as_mut() {
@@ -1869,6 +1874,6 @@ impl Dispatcher {
         tracing::error!(error = %e, role = ?self.shared.role, "channel stopped");
         self.record(e);
         self.shared.link.close();
-        self.peer_gone();
+        self.peer_gone_pending = true;
     }
 }
