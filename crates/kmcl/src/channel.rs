@@ -1099,7 +1099,9 @@ impl ChannelHandle {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
-    /// The current lifecycle phase.
+    /// The current lifecycle phase. It changes as soon as a transition is decided; the
+    /// state-change callbacks of that transition may still be running on the dispatcher
+    /// thread (the Closed callback is the signal that closing has been delivered).
     pub fn phase(&self) -> Phase {
         lock(&self.shared.ctl).life.phase()
     }

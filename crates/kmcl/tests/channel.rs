@@ -70,10 +70,10 @@ fn open_pair(log: &Log) -> (Channel, Channel) {
     server.enable().unwrap();
     server.start().unwrap();
     client.enable().unwrap();
-    until(|| {
-        client.phase() == Phase::Opened { running: true }
-            && server.phase() == Phase::Opened { running: true }
-    });
+    // Phases change first; wait until PostStarted has run on both sides.
+    until(|| entries(log, "c").len() == 3 && entries(log, "s").len() == 3);
+    assert_eq!(client.phase(), Phase::Opened { running: true });
+    assert_eq!(server.phase(), Phase::Opened { running: true });
     (client, server)
 }
 
@@ -447,7 +447,9 @@ fn disable_delivers_suspend_then_closed_and_the_peer_sees_the_close() {
             "c:closed"
         ]
     );
-    until(|| server.phase() == Phase::Closed);
+    // The phase changes first; the callbacks follow on the dispatcher thread.
+    until(|| entries(&log, "s").len() == 5);
+    assert_eq!(server.phase(), Phase::Closed);
     assert_eq!(
         entries(&log, "s"),
         [
@@ -725,7 +727,7 @@ fn a_refused_open_closes_both_sides() {
     server.enable().unwrap();
     server.start().unwrap();
     client.enable().unwrap();
-    until(|| server.phase() == Phase::Closed && client.phase() == Phase::Closed);
+    until(|| server.phase() == Phase::Closed && entries(&log, "c").len() == 5);
     assert!(matches!(server.stop_reason(), Some(Error::OpenRefused)));
     assert_eq!(
         entries(&log, "c"),

@@ -234,7 +234,7 @@ fn killing_echo_mid_stream_closes_the_channel_and_fails_outstanding_transactions
     until(|| ch.counters().packets_sent >= 521);
     echo.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = echo.child.wait();
-    until(|| ch.phase() == Phase::Closed);
+    until(|| ch.phase() == Phase::Closed && log.lock().unwrap().len() == 5);
     assert!(matches!(sync.join().unwrap(), Err(Error::DeviceRemoved)));
     until(|| done.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) == 520);
     assert_eq!(
@@ -334,7 +334,7 @@ fn a_peer_that_corrupts_the_ring_stops_the_channel() {
         result.extend_from_slice(&w.to_le_bytes());
     }
     sock.write_all(&result).unwrap();
-    until(|| ch.phase() == Phase::Closed);
+    until(|| ch.phase() == Phase::Closed && log.lock().unwrap().len() == 5);
     assert!(matches!(
         ch.stop_reason(),
         Some(Error::RingCorrupt(kmcl::ring::Corruption::WriteIndex(13)))
