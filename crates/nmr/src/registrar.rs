@@ -1,0 +1,1028 @@
+//! The registrar: registrations, pairing, and the driver of the binding state machine.
+//!
+//! All bookkeeping lives in one [`Registry`] behind one mutex. Every public call decides
+//! under the lock, releases it, and only then calls module callbacks, so callbacks may
+//! re-enter the registrar (attach from inside `ClientAttachProvider`, complete from inside a
+//! detach, register or deregister other modules) without deadlock. All callbacks run on the
+//! calling thread: attach inside register, detach inside deregister (or register, for a
+//! late-comer), cleanup inside whichever call finishes the binding.
+
+use crate::binding::{AttachOutcome, BindingMachine, BindingState, DetachRequest, Next, Side};
+use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
+use crate::sync::{self, Arc, Condvar, Mutex};
+use crate::{Error, ModuleId, NpiId, Status};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// An opaque pointer-sized value (a binding context, a dispatch table, a C structure) that
+/// the registrar stores and hands back but never dereferences.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Context(pub *mut c_void);
+
+// SAFETY: the registrar never dereferences a `Context`; it is an opaque token that modules
+// pass to each other, and modules are responsible for the thread safety of what it points to
+// (exactly as with the C API).
+unsafe impl Send for Context {}
+// SAFETY: as above: no access through the pointer ever happens here.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// The NULL context.
+    pub const NULL: Context = Context(std::ptr::null_mut());
+
+    /// Wraps a raw pointer.
+    #[must_use]
+    pub const fn from_ptr<T>(p: *const T) -> Context {
+        Context(p.cast::<c_void>().cast_mut())
+    }
+
+    /// The raw pointer.
+    #[must_use]
+    pub const fn as_ptr(self) -> *mut c_void {
+        self.0
+    }
+
+    /// Is this NULL?
+    #[must_use]
+    pub fn is_null(self) -> bool {
+        self.0.is_null()
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::NULL
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Context({:p})", self.0)
+    }
+}
+
+/// What a registration tells its peers (`NPI_REGISTRATION_INSTANCE`). Only `npi_id` is
+/// interpreted by the registrar.
+#[derive(Clone)]
+pub struct RegistrationInstance {
+    /// The NPI this registration is for.
+    pub npi_id: NpiId,
+    /// The module's id.
+    pub module_id: ModuleId,
+    /// Which implementation of the NPI (0 if only one exists).
+    pub number: u32,
+    /// NPI-specific characteristics, for the typed layer.
+    pub characteristics: Option<Arc<dyn Any + Send + Sync>>,
+    /// For the C ABI: the caller's `NPI_REGISTRATION_INSTANCE`, handed to peers as-is.
+    pub raw: Context,
+    /// A human-readable module name for logs, snapshots and timelines.
+    pub name: Option<Arc<str>>,
+}
+
+impl RegistrationInstance {
+    /// An instance with no characteristics, no raw pointer and no name.
+    #[must_use]
+    pub fn new(npi_id: NpiId, module_id: ModuleId, number: u32) -> Self {
+        RegistrationInstance {
+            npi_id,
+            module_id,
+            number,
+            characteristics: None,
+            raw: Context::NULL,
+            name: None,
+        }
+    }
+
+    /// Sets the module name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the raw C pointer.
+    #[must_use]
+    pub const fn with_raw(mut self, raw: Context) -> Self {
+        self.raw = raw;
+        self
+    }
+
+    /// Sets the NPI-specific characteristics.
+    #[must_use]
+    pub fn with_characteristics(mut self, c: Arc<dyn Any + Send + Sync>) -> Self {
+        self.characteristics = Some(c);
+        self
+    }
+
+    /// The name for logs: the given name, or the module id.
+    #[must_use]
+    pub fn display_name(&self) -> String {
+        self.name
+            .as_deref()
+            .map_or_else(|| self.module_id.to_string(), str::to_owned)
+    }
+}
+
+impl fmt::Debug for RegistrationInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrationInstance")
+            .field("npi_id", &self.npi_id)
+            .field("module_id", &self.module_id)
+            .field("number", &self.number)
+            .field("has_characteristics", &self.characteristics.is_some())
+            .field("raw", &self.raw)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A detach callback's answer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DetachStatus {
+    /// `STATUS_SUCCESS`: no calls into the peer are in flight.
+    Done,
+    /// `STATUS_PENDING`: the matching `*DetachComplete` follows.
+    Pending,
+}
+
+/// What the provider hands back from its attach: its binding context and dispatch table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ProviderAttachment {
+    /// The provider's binding context (`*ProviderBindingContext`).
+    pub binding_context: Context,
+    /// The provider's dispatch table (`*ProviderDispatch`).
+    pub dispatch: Context,
+}
+
+/// A client module's callbacks (untyped; the C ABI implements these).
+pub trait ClientCallbacks: Send + Sync + 'static {
+    /// `ClientAttachProvider`: decide whether to attach to `provider`. To accept, call
+    /// [`Registrar::client_attach_provider`] with `binding` and return its status.
+    fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status;
+    /// `ClientDetachProvider`.
+    fn detach_provider(&self, client_binding_context: Context) -> DetachStatus;
+    /// `ClientCleanupBindingContext`.
+    fn cleanup_binding_context(&self, client_binding_context: Context) {
+        let _ = client_binding_context;
+    }
+}
+
+/// A provider module's callbacks (untyped; the C ABI implements these).
+pub trait ProviderCallbacks: Send + Sync + 'static {
+    /// `ProviderAttachClient`, nested inside the client's [`Registrar::client_attach_provider`].
+    ///
+    /// # Errors
+    /// The status to decline with (normally `STATUS_NOINTERFACE`); it reaches the client as-is.
+    fn attach_client(
+        &self,
+        binding: BindingHandle,
+        client: &RegistrationInstance,
+        client_binding_context: Context,
+        client_dispatch: Context,
+    ) -> Result<ProviderAttachment, Status>;
+    /// `ProviderDetachClient`.
+    fn detach_client(&self, provider_binding_context: Context) -> DetachStatus;
+    /// `ProviderCleanupBindingContext`.
+    fn cleanup_binding_context(&self, provider_binding_context: Context) {
+        let _ = provider_binding_context;
+    }
+}
+
+/// Client or provider.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Role {
+    /// A client registration.
+    Client,
+    /// A provider registration.
+    Provider,
+}
+
+impl Role {
+    const fn kind(self) -> Kind {
+        match self {
+            Role::Client => Kind::Client,
+            Role::Provider => Kind::Provider,
+        }
+    }
+}
+
+/// The state of a registration (spec §4.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegistrationState {
+    /// Registered; pairs with peers.
+    Active,
+    /// Deregistration started; bindings are detaching.
+    Deregistering,
+    /// Every binding is gone; wait returns at once.
+    DeregisterComplete,
+}
+
+#[derive(Clone)]
+enum Callbacks {
+    Client(Arc<dyn ClientCallbacks>),
+    Provider(Arc<dyn ProviderCallbacks>),
+}
+
+struct Reg {
+    role: Role,
+    instance: Arc<RegistrationInstance>,
+    callbacks: Callbacks,
+    deregistering: bool,
+    /// Live bindings (attaching through cleaning up), by slab index.
+    bindings: Vec<u32>,
+    /// Position in the NPI index while active.
+    npi_pos: usize,
+    waiters: u32,
+}
+
+struct Bind {
+    machine: BindingMachine,
+    client: u32,
+    provider: u32,
+    client_pos: usize,
+    provider_pos: usize,
+    client_context: Context,
+    client_dispatch: Context,
+    provider_context: Context,
+    provider_dispatch: Context,
+    attach_thread: Option<sync::ThreadId>,
+}
+
+#[derive(Default)]
+struct NpiEntry {
+    clients: Vec<u32>,
+    providers: Vec<u32>,
+}
+
+impl NpiEntry {
+    fn list(&mut self, role: Role) -> &mut Vec<u32> {
+        match role {
+            Role::Client => &mut self.clients,
+            Role::Provider => &mut self.providers,
+        }
+    }
+}
+
+struct Registry {
+    regs: Slab<Reg>,
+    bindings: Slab<Bind>,
+    /// A B-tree rather than a hash map: few NPIs, and no interior pointers that leak
+    /// checkers report as "possibly lost" in the process-wide registrar.
+    npis: BTreeMap<NpiId, NpiEntry>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    drained: Condvar,
+}
+
+/// The Network Module Registrar.
+///
+/// Cheap to clone (all clones share one registry). [`Registrar::global`] is the process-wide
+/// instance the C ABI uses; tests and embedders can make private ones with [`Registrar::new`].
+///
+/// ```
+/// use nmr::{Registrar, RegistrationInstance, NpiId, ModuleId, Guid};
+/// # use nmr::{ClientCallbacks, BindingHandle, Status, DetachStatus, Context};
+/// # use std::sync::Arc;
+/// # struct NoProvider;
+/// # impl ClientCallbacks for NoProvider {
+/// #     fn attach_provider(&self, _: BindingHandle, _: &RegistrationInstance) -> Status { Status::NOINTERFACE }
+/// #     fn detach_provider(&self, _: Context) -> DetachStatus { DetachStatus::Done }
+/// # }
+/// let nmr = Registrar::new();
+/// let npi = NpiId::from_u128(0x1234);
+/// let h = nmr.register_client(
+///     RegistrationInstance::new(npi, ModuleId::Guid(Guid::from_u128(1)), 0),
+///     Arc::new(NoProvider),
+///     |_| {},
+/// )?;
+/// nmr.deregister_client(h)?; // always "pending"
+/// nmr.wait_for_client_deregister_complete(h)?;
+/// # Ok::<(), nmr::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Registrar {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = sync::lock(&self.inner.registry);
+        f.debug_struct("Registrar")
+            .field("registrations", &r.regs.len())
+            .field("bindings", &r.bindings.len())
+            .finish()
+    }
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(not(loom))]
+sync::thread_local! {
+    /// Registrations whose callbacks are running on this thread (for wait-deadlock checks).
+    static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+#[cfg(loom)]
+sync::thread_local! {
+    static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = std::cell::RefCell::new(Vec::new());
+}
+
+/// Runs a module callback with `reg` marked as "in callback" on this thread, catching
+/// panics so a misbehaving module cannot leave the registrar half-updated.
+fn invoke<R>(reg: u64, what: &'static str, f: impl FnOnce() -> R) -> Option<R> {
+    IN_CALLBACK.with(|s| s.borrow_mut().push(reg));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_CALLBACK.with(|s| {
+        s.borrow_mut().pop();
+    });
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::error!(target: "nmr", callback = what, "module callback panicked; treated as failure/done");
+            None
+        }
+    }
+}
+
+impl Registrar {
+    /// A new, empty registrar.
+    #[must_use]
+    pub fn new() -> Self {
+        Registrar {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(Registry {
+                    regs: Slab::new(),
+                    bindings: Slab::new(),
+                    npis: BTreeMap::new(),
+                }),
+                drained: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The process-wide registrar (the one `libnetio` uses).
+    #[cfg(not(loom))]
+    #[must_use]
+    pub fn global() -> &'static Registrar {
+        static GLOBAL: std::sync::OnceLock<Registrar> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(Registrar::new)
+    }
+
+    /// Registers a client (`NmrRegisterClient`). `publish` receives the handle before any
+    /// attach callback runs; then `ClientAttachProvider` runs on this thread once for each
+    /// registered provider of the same NPI.
+    ///
+    /// # Errors
+    /// [`Error::InsufficientResources`] when the handle space is exhausted.
+    pub fn register_client(
+        &self,
+        instance: RegistrationInstance,
+        callbacks: Arc<dyn ClientCallbacks>,
+        publish: impl FnOnce(RegistrationHandle),
+    ) -> Result<RegistrationHandle, Error> {
+        self.register(
+            Role::Client,
+            instance,
+            Callbacks::Client(callbacks),
+            publish,
+        )
+    }
+
+    /// Registers a provider (`NmrRegisterProvider`). `publish` receives the handle before any
+    /// attach callback runs; then each registered client of the same NPI gets its
+    /// `ClientAttachProvider` on this thread.
+    ///
+    /// # Errors
+    /// [`Error::InsufficientResources`] when the handle space is exhausted.
+    pub fn register_provider(
+        &self,
+        instance: RegistrationInstance,
+        callbacks: Arc<dyn ProviderCallbacks>,
+        publish: impl FnOnce(RegistrationHandle),
+    ) -> Result<RegistrationHandle, Error> {
+        self.register(
+            Role::Provider,
+            instance,
+            Callbacks::Provider(callbacks),
+            publish,
+        )
+    }
+
+    fn register(
+        &self,
+        role: Role,
+        instance: RegistrationInstance,
+        callbacks: Callbacks,
+        publish: impl FnOnce(RegistrationHandle),
+    ) -> Result<RegistrationHandle, Error> {
+        let npi = instance.npi_id;
+        let instance = Arc::new(instance);
+        let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
+        let handle = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let entry = r.npis.entry(npi).or_default();
+            let npi_pos = entry.list(role).len();
+            let reg = Reg {
+                role,
+                instance: Arc::clone(&instance),
+                callbacks,
+                deregistering: false,
+                bindings: Vec::new(),
+                npi_pos,
+                waiters: 0,
+            };
+            let id = r.regs.insert(reg)?;
+            entry.list(role).push(id.index);
+            let peers = match role {
+                Role::Client => &entry.providers,
+                Role::Provider => &entry.clients,
+            };
+            for &peer in peers {
+                let (client, provider) = match role {
+                    Role::Client => (id.index, peer),
+                    Role::Provider => (peer, id.index),
+                };
+                let client_pos = r.regs.at(client).bindings.len();
+                let provider_pos = r.regs.at(provider).bindings.len();
+                let b = r.bindings.insert(Bind {
+                    machine: BindingMachine::new(),
+                    client,
+                    provider,
+                    client_pos,
+                    provider_pos,
+                    client_context: Context::NULL,
+                    client_dispatch: Context::NULL,
+                    provider_context: Context::NULL,
+                    provider_dispatch: Context::NULL,
+                    attach_thread: None,
+                });
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(target: "nmr", "binding slots exhausted: {e}");
+                        break;
+                    }
+                };
+                r.regs.at_mut(client).bindings.push(b.index);
+                r.regs.at_mut(provider).bindings.push(b.index);
+                new_bindings.push(b.index);
+            }
+            RegistrationHandle(handle::encode(role.kind(), id))
+        };
+        tracing::debug!(target: "nmr::lifecycle", event = "register", ?role, registration = %handle,
+            module = %instance.display_name(), npi = %npi, peers = new_bindings.len());
+        publish(handle);
+        for b in new_bindings {
+            self.run_attach(b);
+        }
+        Ok(handle)
+    }
+
+    /// Drives one binding through `ClientAttachProvider`.
+    fn run_attach(&self, b: u32) {
+        let (bh, client_reg, client_cb, provider_instance) = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let bind = r.bindings.at_mut(b);
+            if !bind.machine.begin_attach() {
+                tracing::debug!(target: "nmr::lifecycle", event = "attach-skipped",
+                    binding = %BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
+                    "a side began deregistering before the attach started");
+                self.retire_binding(r, b);
+                return;
+            }
+            bind.attach_thread = Some(sync::current_thread());
+            let (client, provider) = (bind.client, bind.provider);
+            let bh = BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b)));
+            let Callbacks::Client(cb) = &r.regs.at(client).callbacks else {
+                unreachable!("binding client side is a client registration")
+            };
+            let client_reg = handle::encode(Kind::Client, r.regs.id_of(client));
+            let provider_reg = handle::encode(Kind::Provider, r.regs.id_of(provider));
+            (
+                bh,
+                (client_reg, provider_reg),
+                Arc::clone(cb),
+                Arc::clone(&r.regs.at(provider).instance),
+            )
+        };
+        let (client_reg, provider_reg) = client_reg;
+        let status = invoke(client_reg, "ClientAttachProvider", || {
+            client_cb.attach_provider(bh, &provider_instance)
+        })
+        .unwrap_or(Status::INVALID_PARAMETER);
+        let outcome = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let bind = r.bindings.at_mut(b);
+            bind.attach_thread = None;
+            let outcome = bind.machine.attach_returned(status == Status::SUCCESS);
+            if outcome == AttachOutcome::Discarded {
+                self.retire_binding(r, b);
+            }
+            outcome
+        };
+        tracing::debug!(target: "nmr::lifecycle", event = "attach", binding = %bh,
+            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg), ?status, ?outcome);
+        match outcome {
+            AttachOutcome::Active | AttachOutcome::Discarded => {}
+            AttachOutcome::DetachBoth => self.run_detach(b, true),
+            AttachOutcome::DetachProvider => self.run_detach(b, false),
+        }
+    }
+
+    /// `NmrClientAttachProvider`: called by a client from inside its `ClientAttachProvider`
+    /// for `binding`; runs the provider's `ProviderAttachClient` nested, on this thread, and
+    /// returns its result unchanged. May be called again after a failure (e.g. with another
+    /// dispatch version).
+    ///
+    /// # Errors
+    /// The provider's status when it declined; `STATUS_INVALID_PARAMETER` for a bad handle;
+    /// `STATUS_INVALID_DEVICE_STATE` outside the attach callback or after a success.
+    pub fn client_attach_provider(
+        &self,
+        binding: BindingHandle,
+        client_binding_context: Context,
+        client_dispatch: Context,
+    ) -> Result<ProviderAttachment, Status> {
+        let (b, provider_reg, provider_cb, client_instance) = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let id = Self::binding_id(binding).map_err(Error::status)?;
+            let bind = r
+                .bindings
+                .get_mut(id)
+                .ok_or(Error::InvalidHandle.status())?;
+            if bind.attach_thread != Some(sync::current_thread()) {
+                return Err(Error::NotAttaching.status());
+            }
+            bind.machine
+                .begin_provider_attach()
+                .map_err(Error::status)?;
+            bind.client_context = client_binding_context;
+            bind.client_dispatch = client_dispatch;
+            let (client, provider) = (bind.client, bind.provider);
+            let Callbacks::Provider(cb) = &r.regs.at(provider).callbacks else {
+                unreachable!("binding provider side is a provider registration")
+            };
+            (
+                id.index,
+                handle::encode(Kind::Provider, r.regs.id_of(provider)),
+                Arc::clone(cb),
+                Arc::clone(&r.regs.at(client).instance),
+            )
+        };
+        let result = invoke(provider_reg, "ProviderAttachClient", || {
+            provider_cb.attach_client(
+                binding,
+                &client_instance,
+                client_binding_context,
+                client_dispatch,
+            )
+        })
+        .unwrap_or(Err(Status::INVALID_PARAMETER));
+        {
+            let mut guard = sync::lock(&self.inner.registry);
+            let bind = guard.bindings.at_mut(b);
+            bind.machine.provider_attach_returned(result.is_ok());
+            if let Ok(a) = result {
+                bind.provider_context = a.binding_context;
+                bind.provider_dispatch = a.dispatch;
+            }
+        }
+        tracing::debug!(target: "nmr::lifecycle", event = "provider-attach", %binding, ok = result.is_ok());
+        result
+    }
+
+    /// Calls the detach callbacks of a binding that just entered `Detaching` (`both`), or
+    /// only the provider's (a client that failed after attaching).
+    fn run_detach(&self, b: u32, both: bool) {
+        let sides: &[Side] = if both {
+            &[Side::Client, Side::Provider]
+        } else {
+            &[Side::Provider]
+        };
+        for &side in sides {
+            let (bh, reg, cb, ctx) = {
+                let guard = sync::lock(&self.inner.registry);
+                let bind = guard.bindings.at(b);
+                let bh = BindingHandle(handle::encode(Kind::Binding, guard.bindings.id_of(b)));
+                let (reg_index, ctx) = match side {
+                    Side::Client => (bind.client, bind.client_context),
+                    Side::Provider => (bind.provider, bind.provider_context),
+                };
+                let reg = guard.regs.at(reg_index);
+                let kind = reg.role.kind();
+                (
+                    bh,
+                    handle::encode(kind, guard.regs.id_of(reg_index)),
+                    reg.callbacks.clone(),
+                    ctx,
+                )
+            };
+            tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %bh, ?side,
+                registration = %RegistrationHandle(reg));
+            let status = invoke(reg, "detach", || match &cb {
+                Callbacks::Client(c) => c.detach_provider(ctx),
+                Callbacks::Provider(p) => p.detach_client(ctx),
+            })
+            .unwrap_or(DetachStatus::Done);
+            tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %bh, ?side,
+                registration = %RegistrationHandle(reg), ?status);
+            let next = {
+                let mut guard = sync::lock(&self.inner.registry);
+                guard
+                    .bindings
+                    .at_mut(b)
+                    .machine
+                    .detach_returned(side, status == DetachStatus::Pending)
+            };
+            if next == Next::RunCleanups {
+                self.run_cleanups(b);
+            }
+        }
+    }
+
+    fn run_cleanups(&self, b: u32) {
+        let (bh, calls) = {
+            let guard = sync::lock(&self.inner.registry);
+            let bind = guard.bindings.at(b);
+            let bh = BindingHandle(handle::encode(Kind::Binding, guard.bindings.id_of(b)));
+            let c = guard.regs.at(bind.client);
+            let p = guard.regs.at(bind.provider);
+            (
+                bh,
+                [
+                    (
+                        handle::encode(Kind::Client, guard.regs.id_of(bind.client)),
+                        c.callbacks.clone(),
+                        bind.client_context,
+                    ),
+                    (
+                        handle::encode(Kind::Provider, guard.regs.id_of(bind.provider)),
+                        p.callbacks.clone(),
+                        bind.provider_context,
+                    ),
+                ],
+            )
+        };
+        let (client_reg, provider_reg) = (calls[0].0, calls[1].0);
+        for (reg, cb, ctx) in calls {
+            invoke(reg, "cleanup", || match &cb {
+                Callbacks::Client(c) => c.cleanup_binding_context(ctx),
+                Callbacks::Provider(p) => p.cleanup_binding_context(ctx),
+            });
+        }
+        tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %bh,
+            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg));
+        let mut guard = sync::lock(&self.inner.registry);
+        let r = &mut *guard;
+        let gone = r.bindings.at_mut(b).machine.cleanups_returned();
+        debug_assert!(gone, "cleanups ran twice");
+        self.retire_binding(r, b);
+    }
+
+    /// Removes a discarded or gone binding from both registrations and wakes waiters whose
+    /// registration just drained. Called with the lock held.
+    fn retire_binding(&self, r: &mut Registry, b: u32) {
+        let id = r.bindings.id_of(b);
+        let Some(bind) = r.bindings.remove(id) else {
+            return;
+        };
+        let mut wake = false;
+        for (reg_index, pos, role) in [
+            (bind.client, bind.client_pos, Role::Client),
+            (bind.provider, bind.provider_pos, Role::Provider),
+        ] {
+            let reg = r.regs.at_mut(reg_index);
+            let removed = reg.bindings.swap_remove(pos);
+            debug_assert_eq!(removed, b);
+            if let Some(&moved) = reg.bindings.get(pos) {
+                let m = r.bindings.at_mut(moved);
+                match role {
+                    Role::Client => m.client_pos = pos,
+                    Role::Provider => m.provider_pos = pos,
+                }
+            }
+            let reg = r.regs.at(reg_index);
+            if reg.deregistering && reg.bindings.is_empty() && reg.waiters > 0 {
+                wake = true;
+            }
+        }
+        if wake {
+            self.inner.drained.notify_all();
+        }
+    }
+
+    fn binding_id(h: BindingHandle) -> Result<SlotId, Error> {
+        match handle::decode(h.0)? {
+            (Kind::Binding, id) => Ok(id),
+            (k, _) => Err(Error::WrongHandleKind {
+                expected: Kind::Binding.name(),
+                actual: k.name(),
+            }),
+        }
+    }
+
+    fn reg_id(r: &Registry, h: RegistrationHandle, role: Role) -> Result<SlotId, Error> {
+        let (kind, id) = handle::decode(h.0)?;
+        if kind != role.kind() {
+            return Err(Error::WrongHandleKind {
+                expected: role.kind().name(),
+                actual: kind.name(),
+            });
+        }
+        r.regs.get(id).ok_or(Error::InvalidHandle)?;
+        Ok(id)
+    }
+
+    /// `NmrDeregisterClient`: starts deregistration. Success means `STATUS_PENDING`: call
+    /// [`wait_for_client_deregister_complete`](Self::wait_for_client_deregister_complete).
+    /// Detach callbacks of both sides of every active binding may run inside this call.
+    ///
+    /// # Errors
+    /// Invalid, stale or wrong-kind handle; deregistering twice.
+    pub fn deregister_client(&self, h: RegistrationHandle) -> Result<(), Error> {
+        self.deregister(h, Role::Client)
+    }
+
+    /// `NmrDeregisterProvider`; see [`deregister_client`](Self::deregister_client).
+    ///
+    /// # Errors
+    /// Invalid, stale or wrong-kind handle; deregistering twice.
+    pub fn deregister_provider(&self, h: RegistrationHandle) -> Result<(), Error> {
+        self.deregister(h, Role::Provider)
+    }
+
+    fn deregister(&self, h: RegistrationHandle, role: Role) -> Result<(), Error> {
+        let mut to_detach: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
+        {
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let id = Self::reg_id(r, h, role)?;
+            let reg = r.regs.get_mut(id).ok_or(Error::InvalidHandle)?;
+            if reg.deregistering {
+                return Err(Error::AlreadyDeregistering);
+            }
+            reg.deregistering = true;
+            let npi = reg.instance.npi_id;
+            let pos = reg.npi_pos;
+            // Leave the NPI index: no new bindings form (G2).
+            if let Some(entry) = r.npis.get_mut(&npi) {
+                let list = entry.list(role);
+                list.swap_remove(pos);
+                if let Some(&moved) = list.get(pos) {
+                    r.regs.at_mut(moved).npi_pos = pos;
+                }
+                if entry.clients.is_empty() && entry.providers.is_empty() {
+                    r.npis.remove(&npi);
+                }
+            }
+            let reg = r.regs.at(id.index);
+            for i in 0..reg.bindings.len() {
+                let b = r.regs.at(id.index).bindings[i];
+                if r.bindings.at_mut(b).machine.request_detach() == DetachRequest::NotifyBoth {
+                    to_detach.push(b);
+                }
+            }
+        }
+        tracing::debug!(target: "nmr::lifecycle", event = "deregister", registration = %h, ?role, detaching = to_detach.len());
+        for b in to_detach {
+            self.run_detach(b, true);
+        }
+        Ok(())
+    }
+
+    /// `NmrWaitForClientDeregisterComplete`: blocks until every binding of the registration
+    /// is gone and its cleanups returned (G7). Afterwards the handle is dead.
+    ///
+    /// # Errors
+    /// Invalid, stale or wrong-kind handle; [`Error::NotDeregistering`] before deregistration;
+    /// [`Error::WaitInsideCallback`] from inside one of this registration's own callbacks.
+    pub fn wait_for_client_deregister_complete(&self, h: RegistrationHandle) -> Result<(), Error> {
+        self.wait(h, Role::Client)
+    }
+
+    /// `NmrWaitForProviderDeregisterComplete`; see
+    /// [`wait_for_client_deregister_complete`](Self::wait_for_client_deregister_complete).
+    ///
+    /// # Errors
+    /// As for the client variant.
+    pub fn wait_for_provider_deregister_complete(
+        &self,
+        h: RegistrationHandle,
+    ) -> Result<(), Error> {
+        self.wait(h, Role::Provider)
+    }
+
+    fn wait(&self, h: RegistrationHandle, role: Role) -> Result<(), Error> {
+        let mut guard = sync::lock(&self.inner.registry);
+        let id = Self::reg_id(&guard, h, role)?;
+        let reg = guard.regs.get_mut(id).ok_or(Error::InvalidHandle)?;
+        if !reg.deregistering {
+            return Err(Error::NotDeregistering);
+        }
+        if !reg.bindings.is_empty() {
+            if IN_CALLBACK.with(|s| s.borrow().contains(&h.0)) {
+                return Err(Error::WaitInsideCallback);
+            }
+            reg.waiters += 1;
+            loop {
+                guard = sync::wait(&self.inner.drained, guard);
+                if guard.regs.get(id).is_some_and(|r| r.bindings.is_empty()) {
+                    break;
+                }
+            }
+            let reg = guard.regs.get_mut(id).ok_or(Error::InvalidHandle)?;
+            reg.waiters -= 1;
+            if reg.waiters > 0 {
+                return Ok(());
+            }
+        }
+        guard.regs.remove(id);
+        drop(guard);
+        tracing::debug!(target: "nmr::lifecycle", event = "wait-complete", registration = %h, ?role);
+        Ok(())
+    }
+
+    /// Non-blocking check for [`wait_for_client_deregister_complete`]-style waits: true
+    /// when the registration is deregistering and every binding is gone.
+    ///
+    /// [`wait_for_client_deregister_complete`]: Self::wait_for_client_deregister_complete
+    ///
+    /// # Errors
+    /// Invalid, stale or wrong-kind handle.
+    pub fn is_deregister_complete(&self, h: RegistrationHandle) -> Result<bool, Error> {
+        let guard = sync::lock(&self.inner.registry);
+        let (kind, id) = handle::decode(h.0)?;
+        if kind == Kind::Binding {
+            return Err(Error::WrongHandleKind {
+                expected: "registration",
+                actual: kind.name(),
+            });
+        }
+        let reg = guard.regs.get(id).ok_or(Error::InvalidHandle)?;
+        Ok(reg.deregistering && reg.bindings.is_empty())
+    }
+
+    /// `NmrClientDetachProviderComplete`: the client finished detaching after its detach
+    /// callback returned pending. Both cleanups may run inside this call.
+    ///
+    /// # Errors
+    /// Invalid, stale or wrong-kind handle; [`Error::NoPendingDetach`] when the client's
+    /// detach is not pending (completing twice, after answering done, or with no detach).
+    pub fn client_detach_provider_complete(&self, binding: BindingHandle) -> Result<(), Error> {
+        self.complete(binding, Side::Client)
+    }
+
+    /// `NmrProviderDetachClientComplete`; see
+    /// [`client_detach_provider_complete`](Self::client_detach_provider_complete).
+    ///
+    /// # Errors
+    /// As for the client variant.
+    pub fn provider_detach_client_complete(&self, binding: BindingHandle) -> Result<(), Error> {
+        self.complete(binding, Side::Provider)
+    }
+
+    fn complete(&self, binding: BindingHandle, side: Side) -> Result<(), Error> {
+        let next = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let id = Self::binding_id(binding)?;
+            let bind = guard.bindings.get_mut(id).ok_or(Error::InvalidHandle)?;
+            (bind.machine.complete(side)?, id.index)
+        };
+        tracing::debug!(target: "nmr::lifecycle", event = "detach-complete", %binding, ?side);
+        if next.0 == Next::RunCleanups {
+            self.run_cleanups(next.1);
+        }
+        Ok(())
+    }
+
+    /// A consistent picture of every registration and binding, for tools and tests.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let guard = sync::lock(&self.inner.registry);
+        let registrations = guard
+            .regs
+            .iter()
+            .map(|(id, reg)| RegistrationSnapshot {
+                handle: RegistrationHandle(handle::encode(reg.role.kind(), id)),
+                role: reg.role,
+                npi_id: reg.instance.npi_id,
+                module_id: reg.instance.module_id,
+                number: reg.instance.number,
+                name: reg.instance.display_name(),
+                state: match (reg.deregistering, reg.bindings.is_empty()) {
+                    (false, _) => RegistrationState::Active,
+                    (true, false) => RegistrationState::Deregistering,
+                    (true, true) => RegistrationState::DeregisterComplete,
+                },
+                bindings: reg.bindings.len(),
+            })
+            .collect();
+        let bindings = guard
+            .bindings
+            .iter()
+            .map(|(id, b)| BindingSnapshot {
+                handle: BindingHandle(handle::encode(Kind::Binding, id)),
+                client: RegistrationHandle(handle::encode(
+                    Kind::Client,
+                    guard.regs.id_of(b.client),
+                )),
+                provider: RegistrationHandle(handle::encode(
+                    Kind::Provider,
+                    guard.regs.id_of(b.provider),
+                )),
+                state: b.machine.state(),
+            })
+            .collect();
+        Snapshot {
+            registrations,
+            bindings,
+        }
+    }
+}
+
+/// A registration as seen by [`Registrar::snapshot`].
+#[derive(Clone, Debug)]
+pub struct RegistrationSnapshot {
+    /// Its handle.
+    pub handle: RegistrationHandle,
+    /// Client or provider.
+    pub role: Role,
+    /// The NPI.
+    pub npi_id: NpiId,
+    /// The module id.
+    pub module_id: ModuleId,
+    /// The implementation number.
+    pub number: u32,
+    /// The module's name (or module id).
+    pub name: String,
+    /// Its state.
+    pub state: RegistrationState,
+    /// How many bindings are live (attaching through cleaning up).
+    pub bindings: usize,
+}
+
+/// A binding as seen by [`Registrar::snapshot`].
+#[derive(Clone, Debug)]
+pub struct BindingSnapshot {
+    /// Its handle.
+    pub handle: BindingHandle,
+    /// The client registration.
+    pub client: RegistrationHandle,
+    /// The provider registration.
+    pub provider: RegistrationHandle,
+    /// Its state.
+    pub state: BindingState,
+}
+
+/// Every registration and binding at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Registrations not yet closed by a wait.
+    pub registrations: Vec<RegistrationSnapshot>,
+    /// Live bindings.
+    pub bindings: Vec<BindingSnapshot>,
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} registration(s), {} binding(s)",
+            self.registrations.len(),
+            self.bindings.len()
+        )?;
+        for r in &self.registrations {
+            writeln!(
+                f,
+                "  {:<8} {:<24} {} npi {} #{} {:?}, {} binding(s)",
+                format!("{:?}", r.role),
+                r.name,
+                r.handle,
+                r.npi_id,
+                r.number,
+                r.state,
+                r.bindings
+            )?;
+        }
+        for b in &self.bindings {
+            writeln!(
+                f,
+                "  {} {} <-> {}: {}",
+                b.handle, b.client, b.provider, b.state
+            )?;
+        }
+        Ok(())
+    }
+}

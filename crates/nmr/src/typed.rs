@@ -1,0 +1,866 @@
+//! The typed layer: NPIs as types, modules as traits, dispatch through rundown-protected
+//! [`Binding`]s. A Rust user writes no raw pointers and no status codes the types express.
+//!
+//! ```
+//! use nmr::typed::*;
+//! use nmr::{ModuleId, Guid, NpiId, Registrar};
+//! use std::sync::Arc;
+//!
+//! // An NPI: the provider offers `Echo`, the client offers nothing.
+//! pub trait Echo: Send + Sync { fn echo(&self, x: u32) -> u32; }
+//! struct EchoNpi;
+//! impl Npi for EchoNpi {
+//!     const ID: NpiId = NpiId::from_u128(0xEC40);
+//!     type ClientDispatch = ();
+//!     type ProviderDispatch = dyn Echo;
+//!     type ClientCharacteristics = ();
+//!     type ProviderCharacteristics = ();
+//! }
+//!
+//! struct Doubler;
+//! impl Echo for Doubler { fn echo(&self, x: u32) -> u32 { 2 * x } }
+//! struct EchoProvider;
+//! impl Provider<EchoNpi> for EchoProvider {
+//!     type BindingContext = ();
+//!     fn attach_client(&self, _: &PeerInfo<'_, ()>, _: Binding<()>)
+//!         -> Result<((), Arc<dyn Echo>), Declined> { Ok(((), Arc::new(Doubler))) }
+//! }
+//!
+//! struct EchoClient { binding: std::sync::Mutex<Option<Binding<dyn Echo>>> }
+//! impl Client<EchoNpi> for EchoClient {
+//!     type BindingContext = ();
+//!     fn attach_provider(&self, _: &PeerInfo<'_, ()>, attach: &mut ClientAttach<'_, EchoNpi>)
+//!         -> Result<(), Declined> {
+//!         let b = attach.attach(Arc::new(())).map_err(Declined::with_status)?;
+//!         *self.binding.lock().unwrap() = Some(b);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let nmr = Registrar::new();
+//! let p = ProviderRegistration::<EchoNpi>::register(&nmr, ModuleInfo::new(ModuleId::Guid(Guid::from_u128(1))), None, Arc::new(EchoProvider))?;
+//! let client = Arc::new(EchoClient { binding: Default::default() });
+//! let c = ClientRegistration::<EchoNpi>::register(&nmr, ModuleInfo::new(ModuleId::Guid(Guid::from_u128(2))), None, client.clone())?;
+//! let b = client.binding.lock().unwrap().clone().unwrap();
+//! assert_eq!(b.call(|e| e.echo(21)), Ok(42));
+//! p.unload(); // provider leaves: the client's binding detaches
+//! assert!(b.call(|e| e.echo(1)).is_err());
+//! c.unload();
+//! # Ok::<(), nmr::Error>(())
+//! ```
+
+use crate::registrar::{
+    ClientCallbacks, Context, DetachStatus, ProviderAttachment, ProviderCallbacks,
+    RegistrationInstance,
+};
+use crate::rundown::{DrainRef, OwnedRundownGuard, Rundown, RundownGuard};
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicU8, Ordering};
+use crate::{BindingHandle, Error, ModuleId, NpiId, Registrar, RegistrationHandle, Status};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::time::Duration;
+
+/// A Network Programming Interface described as a type.
+pub trait Npi: Send + Sync + 'static {
+    /// The NPI id.
+    const ID: NpiId;
+    /// What the client offers the provider (`()` if the NPI defines no client dispatch).
+    type ClientDispatch: ?Sized + Send + Sync + 'static;
+    /// What the provider offers the client, e.g. `dyn MyApi`.
+    type ProviderDispatch: ?Sized + Send + Sync + 'static;
+    /// NPI-specific client characteristics (`()` if none).
+    type ClientCharacteristics: Send + Sync + 'static;
+    /// NPI-specific provider characteristics (`()` if none).
+    type ProviderCharacteristics: Send + Sync + 'static;
+}
+
+/// What a module tells its peers about itself.
+#[derive(Clone, Debug)]
+pub struct ModuleInfo {
+    /// The module id.
+    pub module_id: ModuleId,
+    /// The implementation number of the NPI (0 if only one).
+    pub number: u32,
+    /// A name for logs and snapshots.
+    pub name: Option<Arc<str>>,
+}
+
+impl ModuleInfo {
+    /// A module with this id, number 0 and no name.
+    #[must_use]
+    pub const fn new(module_id: ModuleId) -> Self {
+        ModuleInfo {
+            module_id,
+            number: 0,
+            name: None,
+        }
+    }
+
+    /// Sets the implementation number.
+    #[must_use]
+    pub const fn number(mut self, number: u32) -> Self {
+        self.number = number;
+        self
+    }
+
+    /// Sets the name.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// The peer's registration as an attach callback sees it.
+#[derive(Debug)]
+pub struct PeerInfo<'a, C> {
+    /// The peer's module id.
+    pub module_id: ModuleId,
+    /// The peer's implementation number.
+    pub number: u32,
+    /// The peer's name, if it gave one.
+    pub name: Option<&'a str>,
+    /// The peer's NPI-specific characteristics, if it gave any.
+    pub characteristics: Option<&'a C>,
+}
+
+/// A refusal to attach, with the status the peer sees (normally `STATUS_NOINTERFACE`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Declined(Status);
+
+impl Declined {
+    /// Declines with `STATUS_NOINTERFACE`.
+    #[must_use]
+    pub const fn no_interface() -> Self {
+        Declined(Status::NOINTERFACE)
+    }
+
+    /// Declines (or passes on a failure) with `status`; a success code becomes NOINTERFACE.
+    #[must_use]
+    pub const fn with_status(status: Status) -> Self {
+        if status.is_success() {
+            Declined(Status::NOINTERFACE)
+        } else {
+            Declined(status)
+        }
+    }
+
+    /// The status the peer sees.
+    #[must_use]
+    pub const fn status(self) -> Status {
+        self.0
+    }
+}
+
+/// The binding was detached: no call may start through it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("the binding is detaching or detached")]
+pub struct Detached;
+
+struct BindingCore<D: ?Sized> {
+    rundown: Arc<Rundown>,
+    dispatch: Arc<D>,
+    handle: BindingHandle,
+}
+
+/// The peer's dispatch for one binding, behind built-in rundown protection. Cheap to clone.
+///
+/// Calls go through [`call`](Self::call) or a guard; once detach begins no new call starts,
+/// and the detach completes by itself when the last call in flight returns.
+pub struct Binding<D: ?Sized> {
+    core: Arc<BindingCore<D>>,
+}
+
+impl<D: ?Sized> Clone for Binding<D> {
+    fn clone(&self) -> Self {
+        Binding {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<D: ?Sized> fmt::Debug for Binding<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binding")
+            .field("handle", &self.core.handle)
+            .field("rundown", &self.core.rundown)
+            .finish()
+    }
+}
+
+impl<D: ?Sized> Binding<D> {
+    fn new(dispatch: Arc<D>, handle: BindingHandle) -> Self {
+        Binding {
+            core: Arc::new(BindingCore {
+                rundown: Arc::new(Rundown::new()),
+                dispatch,
+                handle,
+            }),
+        }
+    }
+
+    /// Calls the peer through the binding.
+    ///
+    /// # Errors
+    /// [`Detached`] once detach has begun.
+    #[inline]
+    pub fn call<R>(&self, f: impl FnOnce(&D) -> R) -> Result<R, Detached> {
+        let g = self.core.rundown.try_enter().ok_or(Detached)?;
+        let r = f(&self.core.dispatch);
+        drop(g);
+        Ok(r)
+    }
+
+    /// A guard for a call on this thread; `None` once detach has begun.
+    #[must_use]
+    pub fn enter(&self) -> Option<CallGuard<'_, D>> {
+        self.core.rundown.try_enter().map(|guard| CallGuard {
+            _guard: guard,
+            dispatch: &*self.core.dispatch,
+        })
+    }
+
+    /// A guard that may move between threads (an open socket, an async task). Detach stays
+    /// pending while it lives. `None` once detach has begun.
+    #[must_use]
+    pub fn enter_owned(&self) -> Option<OwnedCallGuard<D>> {
+        self.core
+            .rundown
+            .try_enter_owned()
+            .map(|guard| OwnedCallGuard {
+                _guard: guard,
+                dispatch: Arc::clone(&self.core.dispatch),
+            })
+    }
+
+    /// The registrar's handle of this binding.
+    #[must_use]
+    pub fn handle(&self) -> BindingHandle {
+        self.core.handle
+    }
+
+    /// Has detach begun?
+    #[must_use]
+    pub fn is_detaching(&self) -> bool {
+        self.core.rundown.is_closed()
+    }
+
+    /// Calls in flight right now (a racy snapshot, for diagnostics).
+    #[must_use]
+    pub fn calls_in_flight(&self) -> usize {
+        self.core.rundown.in_flight()
+    }
+}
+
+/// A call in flight on this thread; derefs to the peer's dispatch.
+#[must_use = "the call ends when the guard drops"]
+pub struct CallGuard<'a, D: ?Sized> {
+    _guard: RundownGuard<'a>,
+    dispatch: &'a D,
+}
+
+impl<D: ?Sized> Deref for CallGuard<'_, D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        self.dispatch
+    }
+}
+
+impl<D: ?Sized> fmt::Debug for CallGuard<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallGuard")
+    }
+}
+
+/// A call in flight that may move between threads; derefs to the peer's dispatch.
+#[must_use = "the call ends when the guard drops"]
+pub struct OwnedCallGuard<D: ?Sized> {
+    _guard: OwnedRundownGuard,
+    dispatch: Arc<D>,
+}
+
+impl<D: ?Sized> Deref for OwnedCallGuard<D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        &self.dispatch
+    }
+}
+
+impl<D: ?Sized> fmt::Debug for OwnedCallGuard<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnedCallGuard")
+    }
+}
+
+/// Given to detach hooks: this side's detach stays pending until the hold is dropped (and
+/// every call in flight through the binding has returned). Dropping it is the completion.
+#[must_use = "dropping the hold completes the detach"]
+pub struct DetachHold {
+    _drain: DrainRef,
+}
+
+impl fmt::Debug for DetachHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DetachHold")
+    }
+}
+
+/// A provider module of NPI `N`.
+pub trait Provider<N: Npi>: Send + Sync + 'static {
+    /// The provider's state for one binding; dropped by value in [`cleanup_binding`](Self::cleanup_binding).
+    type BindingContext: Send + Sync + 'static;
+
+    /// `ProviderAttachClient`: accept with a binding context and the dispatch the client will
+    /// call, or decline. `client` is how the provider calls the client back.
+    ///
+    /// # Errors
+    /// The refusal, passed on to the client.
+    fn attach_client(
+        &self,
+        peer: &PeerInfo<'_, N::ClientCharacteristics>,
+        client: Binding<N::ClientDispatch>,
+    ) -> Result<(Self::BindingContext, Arc<N::ProviderDispatch>), Declined>;
+
+    /// `ProviderDetachClient`: stop calling the client. Keep `hold` to keep the detach pending.
+    fn detach_client(&self, ctx: &Self::BindingContext, hold: DetachHold) {
+        let _ = ctx;
+        drop(hold);
+    }
+
+    /// `ProviderCleanupBindingContext`: both sides are done; the context is yours again.
+    fn cleanup_binding(&self, ctx: Self::BindingContext) {
+        drop(ctx);
+    }
+}
+
+/// A client module of NPI `N`.
+pub trait Client<N: Npi>: Send + Sync + 'static {
+    /// The client's state for one binding; dropped by value in [`cleanup_binding`](Self::cleanup_binding).
+    type BindingContext: Send + Sync + 'static;
+
+    /// `ClientAttachProvider`: decide on `peer`; to accept, call [`ClientAttach::attach`]
+    /// (retries with another dispatch allowed) and return your binding context.
+    ///
+    /// # Errors
+    /// The refusal, or the failure of the last attach attempt.
+    fn attach_provider(
+        &self,
+        peer: &PeerInfo<'_, N::ProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, N>,
+    ) -> Result<Self::BindingContext, Declined>;
+
+    /// `ClientDetachProvider`: stop calling the provider. Keep `hold` to keep the detach pending.
+    fn detach_provider(&self, ctx: &Self::BindingContext, hold: DetachHold) {
+        let _ = ctx;
+        drop(hold);
+    }
+
+    /// `ClientCleanupBindingContext`: both sides are done; the context is yours again.
+    fn cleanup_binding(&self, ctx: Self::BindingContext) {
+        drop(ctx);
+    }
+}
+
+/// Marks a registration instance as registered through the typed layer for NPI `N`, so a
+/// peer only ever reinterprets dispatch pointers that really are of `N`'s types.
+struct Typed<N: Npi, C> {
+    characteristics: Option<C>,
+    _npi: PhantomData<fn() -> N>,
+}
+
+fn typed_chars<N: Npi, C: 'static>(i: &RegistrationInstance) -> Option<&Typed<N, C>> {
+    i.characteristics.as_deref()?.downcast_ref::<Typed<N, C>>()
+}
+
+fn peer_info<'a, N: Npi, C: 'static>(
+    i: &'a RegistrationInstance,
+    t: &'a Typed<N, C>,
+) -> PeerInfo<'a, C> {
+    PeerInfo {
+        module_id: i.module_id,
+        number: i.number,
+        name: i.name.as_deref(),
+        characteristics: t.characteristics.as_ref(),
+    }
+}
+
+const IDLE: u8 = 0;
+const IN_DETACH: u8 = 1;
+const DRAINED_INLINE: u8 = 2;
+
+/// Closes `rundown`, runs the module's detach hook with the hold, and reports done when
+/// everything drained before the hook returned, pending otherwise (then the drain callback
+/// completes the detach through the registrar).
+fn detach_side(
+    rundown: &Arc<Rundown>,
+    complete: impl FnOnce() + Send + 'static,
+    hook: impl FnOnce(DetachHold),
+) -> DetachStatus {
+    let state = Arc::new(AtomicU8::new(IN_DETACH));
+    let s2 = Arc::clone(&state);
+    let Some(drain) = rundown.close(move || {
+        if s2
+            .compare_exchange(
+                IN_DETACH,
+                DRAINED_INLINE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            complete();
+        }
+    }) else {
+        return DetachStatus::Done;
+    };
+    hook(DetachHold { _drain: drain });
+    match state.compare_exchange(IN_DETACH, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => DetachStatus::Pending,
+        Err(_) => DetachStatus::Done,
+    }
+}
+
+mod raw {
+    //! The only place the typed layer turns registrar contexts back into Rust objects.
+    use super::{Arc, Context};
+
+    /// Moves `b` into a context; [`take`] gets it back exactly once.
+    pub(super) fn into_context<T>(b: Box<T>) -> Context {
+        Context::from_ptr(Box::into_raw(b))
+    }
+
+    /// # Safety
+    /// `c` came from [`into_context::<T>`] and is taken at most once.
+    pub(super) unsafe fn take<T>(c: Context) -> Box<T> {
+        // SAFETY: per the contract, `c` is a leaked `Box<T>` not yet reclaimed.
+        unsafe { Box::from_raw(c.as_ptr().cast::<T>()) }
+    }
+
+    /// # Safety
+    /// `c` came from [`into_context::<T>`] and has not been taken yet, and stays so for `'a`.
+    pub(super) unsafe fn borrow<'a, T>(c: Context) -> &'a T {
+        // SAFETY: per the contract, `c` points to a live `T`.
+        unsafe { &*c.as_ptr().cast::<T>().cast_const() }
+    }
+
+    /// # Safety
+    /// `c` came from [`into_context::<T>`], has not been taken, and nothing else accesses it
+    /// for `'a`.
+    pub(super) unsafe fn borrow_mut<'a, T>(c: Context) -> &'a mut T {
+        // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
+        unsafe { &mut *c.as_ptr().cast::<T>() }
+    }
+
+    /// # Safety
+    /// `c` points to a live `Arc<D>` (a dispatch handed over by a typed peer of the same NPI).
+    pub(super) unsafe fn clone_dispatch<D: ?Sized>(c: Context) -> Arc<D> {
+        // SAFETY: per the contract, `c` points to a live `Arc<D>`; cloning only bumps its count.
+        Arc::clone(unsafe { &*c.as_ptr().cast::<Arc<D>>().cast_const() })
+    }
+}
+
+struct ProviderSide<N: Npi, Ctx> {
+    binding: Binding<N::ClientDispatch>,
+    ctx: Option<Ctx>,
+    dispatch: Arc<N::ProviderDispatch>,
+}
+
+/// The client's per-binding box, the registrar-level client binding context.
+struct ClientBox<N: Npi, Ctx> {
+    binding: Option<Binding<N::ProviderDispatch>>,
+    ctx: Option<Ctx>,
+}
+
+/// Stores the binding into a `ClientBox<N, Ctx>` known only by its context.
+fn store_binding<N: Npi, Ctx>(c: Context, binding: Binding<N::ProviderDispatch>) {
+    // SAFETY: `c` is the live `ClientBox<N, Ctx>` the adapter made for this attach; only the
+    // attaching thread touches it until the attach callback returns (detach cannot start
+    // before that, G5).
+    let b = unsafe { raw::borrow_mut::<ClientBox<N, Ctx>>(c) };
+    b.binding = Some(binding);
+}
+
+/// The attach in progress, handed to [`Client::attach_provider`].
+pub struct ClientAttach<'a, N: Npi> {
+    registrar: &'a Registrar,
+    handle: BindingHandle,
+    side: Context,
+    store: fn(Context, Binding<N::ProviderDispatch>),
+    attached: bool,
+}
+
+impl<N: Npi> fmt::Debug for ClientAttach<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAttach")
+            .field("binding", &self.handle)
+            .field("attached", &self.attached)
+            .finish()
+    }
+}
+
+impl<N: Npi> ClientAttach<'_, N> {
+    /// `NmrClientAttachProvider`: offer `dispatch` to the provider. On success, returns the
+    /// binding to call the provider through. May be retried after a failure.
+    ///
+    /// # Errors
+    /// The provider's refusal (e.g. `STATUS_NOINTERFACE`), or `STATUS_INVALID_DEVICE_STATE`
+    /// after a success.
+    pub fn attach(
+        &mut self,
+        dispatch: Arc<N::ClientDispatch>,
+    ) -> Result<Binding<N::ProviderDispatch>, Status> {
+        if self.attached {
+            return Err(Error::AlreadyAttached.status());
+        }
+        let a = self.registrar.client_attach_provider(
+            self.handle,
+            self.side,
+            Context::from_ptr(&raw const dispatch),
+        )?;
+        // SAFETY: the adapter only calls the module when the provider is typed for `N`, so
+        // `a.dispatch` points to that provider's `Arc<N::ProviderDispatch>`, alive while the
+        // binding is.
+        let provider_dispatch = unsafe { raw::clone_dispatch::<N::ProviderDispatch>(a.dispatch) };
+        let binding = Binding::new(provider_dispatch, self.handle);
+        (self.store)(self.side, binding.clone());
+        self.attached = true;
+        Ok(binding)
+    }
+
+    /// The registrar's handle of the binding being attached.
+    #[must_use]
+    pub fn handle(&self) -> BindingHandle {
+        self.handle
+    }
+}
+
+struct ClientAdapter<N: Npi, C: Client<N>> {
+    module: Arc<C>,
+    registrar: Registrar,
+    _npi: PhantomData<fn() -> N>,
+}
+
+impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
+    fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status {
+        let Some(t) = typed_chars::<N, N::ProviderCharacteristics>(provider) else {
+            return Status::NOINTERFACE;
+        };
+        let peer = peer_info(provider, t);
+        let side = raw::into_context(Box::new(ClientBox::<N, C::BindingContext> {
+            binding: None,
+            ctx: None,
+        }));
+        let mut attach = ClientAttach::<N> {
+            registrar: &self.registrar,
+            handle: binding,
+            side,
+            store: store_binding::<N, C::BindingContext>,
+            attached: false,
+        };
+        let result = self.module.attach_provider(&peer, &mut attach);
+        match (result, attach.attached) {
+            (Ok(ctx), true) => {
+                // SAFETY: still ours until the attach callback returns (see `store_binding`).
+                unsafe { raw::borrow_mut::<ClientBox<N, C::BindingContext>>(side) }.ctx = Some(ctx);
+                Status::SUCCESS
+            }
+            // Attached, then failed: the registrar detaches the provider and runs both
+            // cleanups, which reclaim the box.
+            (Err(d), true) => d.status(),
+            (result, false) => {
+                // SAFETY: never attached, so the registrar will never hand `side` back.
+                drop(unsafe { raw::take::<ClientBox<N, C::BindingContext>>(side) });
+                match result {
+                    Ok(_) => {
+                        tracing::warn!(target: "nmr", %binding, "client accepted without attaching; treated as declined");
+                        Status::NOINTERFACE
+                    }
+                    Err(d) => d.status(),
+                }
+            }
+        }
+    }
+
+    fn detach_provider(&self, client_binding_context: Context) -> DetachStatus {
+        // SAFETY: the registrar hands back the `ClientBox` we stored; it lives until cleanup,
+        // which cannot start before this callback returns.
+        let b = unsafe { raw::borrow::<ClientBox<N, C::BindingContext>>(client_binding_context) };
+        let Some(binding) = b.binding.as_ref() else {
+            return DetachStatus::Done;
+        };
+        let registrar = self.registrar.clone();
+        let handle = binding.handle();
+        detach_side(
+            &binding.core.rundown,
+            move || {
+                if let Err(e) = registrar.client_detach_provider_complete(handle) {
+                    tracing::error!(target: "nmr", %handle, "typed client detach completion failed: {e}");
+                }
+            },
+            |hold| match b.ctx.as_ref() {
+                Some(ctx) => self.module.detach_provider(ctx, hold),
+                None => drop(hold),
+            },
+        )
+    }
+
+    fn cleanup_binding_context(&self, client_binding_context: Context) {
+        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
+        let b = unsafe { raw::take::<ClientBox<N, C::BindingContext>>(client_binding_context) };
+        if let Some(ctx) = b.ctx {
+            self.module.cleanup_binding(ctx);
+        }
+    }
+}
+
+struct ProviderAdapter<N: Npi, P: Provider<N>> {
+    module: Arc<P>,
+    registrar: Registrar,
+    _npi: PhantomData<fn() -> N>,
+}
+
+impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
+    fn attach_client(
+        &self,
+        binding: BindingHandle,
+        client: &RegistrationInstance,
+        _client_binding_context: Context,
+        client_dispatch: Context,
+    ) -> Result<ProviderAttachment, Status> {
+        let t = typed_chars::<N, N::ClientCharacteristics>(client).ok_or(Status::NOINTERFACE)?;
+        if client_dispatch.is_null() {
+            return Err(Status::INVALID_PARAMETER);
+        }
+        // SAFETY: the client is typed for `N` (checked above), so its dispatch context points
+        // to the `Arc<N::ClientDispatch>` it passed to `ClientAttach::attach`, alive for the
+        // duration of this nested call.
+        let client_dispatch = unsafe { raw::clone_dispatch::<N::ClientDispatch>(client_dispatch) };
+        let client_binding = Binding::new(client_dispatch, binding);
+        let peer = peer_info(client, t);
+        let (ctx, dispatch) = self
+            .module
+            .attach_client(&peer, client_binding.clone())
+            .map_err(Declined::status)?;
+        let side = Box::new(ProviderSide::<N, P::BindingContext> {
+            binding: client_binding,
+            ctx: Some(ctx),
+            dispatch,
+        });
+        let dispatch_ptr = Context::from_ptr(&raw const side.dispatch);
+        Ok(ProviderAttachment {
+            binding_context: raw::into_context(side),
+            dispatch: dispatch_ptr,
+        })
+    }
+
+    fn detach_client(&self, provider_binding_context: Context) -> DetachStatus {
+        // SAFETY: the registrar hands back the `ProviderSide` we stored; it lives until cleanup.
+        let side =
+            unsafe { raw::borrow::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
+        let registrar = self.registrar.clone();
+        let handle = side.binding.handle();
+        detach_side(
+            &side.binding.core.rundown,
+            move || {
+                if let Err(e) = registrar.provider_detach_client_complete(handle) {
+                    tracing::error!(target: "nmr", %handle, "typed provider detach completion failed: {e}");
+                }
+            },
+            |hold| match side.ctx.as_ref() {
+                Some(ctx) => self.module.detach_client(ctx, hold),
+                None => drop(hold),
+            },
+        )
+    }
+
+    fn cleanup_binding_context(&self, provider_binding_context: Context) {
+        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
+        let side =
+            unsafe { raw::take::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
+        if let Some(ctx) = side.ctx {
+            self.module.cleanup_binding(ctx);
+        }
+    }
+}
+
+/// Deregistration in progress: [`wait`](Self::wait) for it to complete.
+#[must_use = "wait for the deregistration to complete before unloading"]
+pub struct Deregistration {
+    registrar: Registrar,
+    handle: RegistrationHandle,
+    role: crate::Role,
+    done: bool,
+}
+
+impl fmt::Debug for Deregistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deregistration")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl Deregistration {
+    /// Blocks until every binding is gone and its cleanups returned.
+    pub fn wait(mut self) {
+        self.finish();
+    }
+
+    /// Waits at most `timeout`; gives the deregistration back if it has not completed.
+    ///
+    /// # Errors
+    /// `self`, when bindings are still detaching after `timeout`.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<(), Self> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self
+                .registrar
+                .is_deregister_complete(self.handle)
+                .unwrap_or(true)
+            {
+                self.wait();
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Has every binding gone?
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.registrar
+            .is_deregister_complete(self.handle)
+            .unwrap_or(true)
+    }
+
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let r = match self.role {
+            crate::Role::Client => self
+                .registrar
+                .wait_for_client_deregister_complete(self.handle),
+            crate::Role::Provider => self
+                .registrar
+                .wait_for_provider_deregister_complete(self.handle),
+        };
+        if let Err(e) = r {
+            tracing::error!(target: "nmr", handle = %self.handle, "wait for deregistration failed: {e}");
+        }
+    }
+}
+
+impl Drop for Deregistration {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+macro_rules! typed_registration {
+    ($name:ident, $role:ident, $trait:ident, $adapter:ident, $chars:ident, $reg:ident, $dereg:ident, $doc:literal) => {
+        #[doc = $doc]
+        ///
+        /// Deregistration consumes it; dropping it deregisters and waits.
+        pub struct $name<N: Npi> {
+            registrar: Registrar,
+            handle: RegistrationHandle,
+            live: bool,
+            _npi: PhantomData<fn() -> N>,
+        }
+
+        impl<N: Npi> fmt::Debug for $name<N> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).field("handle", &self.handle).finish()
+            }
+        }
+
+        impl<N: Npi> $name<N> {
+            /// Registers `module`; attach callbacks run before this returns.
+            ///
+            /// # Errors
+            /// As [`Registrar`]'s registration.
+            pub fn register<M: $trait<N>>(
+                registrar: &Registrar,
+                info: ModuleInfo,
+                characteristics: Option<N::$chars>,
+                module: Arc<M>,
+            ) -> Result<Self, Error> {
+                let mut instance = RegistrationInstance::new(N::ID, info.module_id, info.number)
+                    .with_characteristics(Arc::new(Typed::<N, N::$chars> { characteristics, _npi: PhantomData }));
+                instance.name = info.name;
+                let adapter = $adapter::<N, M> { module, registrar: registrar.clone(), _npi: PhantomData };
+                let handle = registrar.$reg(instance, Arc::new(adapter), |_| {})?;
+                Ok($name { registrar: registrar.clone(), handle, live: true, _npi: PhantomData })
+            }
+
+            /// The registrar's handle.
+            #[must_use]
+            pub fn handle(&self) -> RegistrationHandle {
+                self.handle
+            }
+
+            /// Starts deregistration; detach callbacks may run inside this call.
+            pub fn deregister(mut self) -> Deregistration {
+                self.live = false;
+                if let Err(e) = self.registrar.$dereg(self.handle) {
+                    tracing::error!(target: "nmr", handle = %self.handle, "deregistration failed: {e}");
+                }
+                Deregistration {
+                    registrar: self.registrar.clone(),
+                    handle: self.handle,
+                    role: crate::Role::$role,
+                    done: false,
+                }
+            }
+
+            /// Deregisters and waits.
+            pub fn unload(self) {
+                self.deregister().wait();
+            }
+        }
+
+        impl<N: Npi> Drop for $name<N> {
+            fn drop(&mut self) {
+                if self.live {
+                    self.live = false;
+                    if self.registrar.$dereg(self.handle).is_ok() {
+                        drop(Deregistration {
+                            registrar: self.registrar.clone(),
+                            handle: self.handle,
+                            role: crate::Role::$role,
+                            done: false,
+                        });
+                    }
+                }
+            }
+        }
+    };
+}
+
+typed_registration!(
+    ProviderRegistration,
+    Provider,
+    Provider,
+    ProviderAdapter,
+    ProviderCharacteristics,
+    register_provider,
+    deregister_provider,
+    "A typed provider registration."
+);
+typed_registration!(
+    ClientRegistration,
+    Client,
+    Client,
+    ClientAdapter,
+    ClientCharacteristics,
+    register_client,
+    deregister_client,
+    "A typed client registration."
+);
