@@ -71,14 +71,15 @@ fn mpsc_transfer(n: u64) -> Duration {
 
 fn small_packets(c: &mut Criterion) {
     // Same capacity for everyone: 1024 x 64 B = 64 KiB (16 ring pages).
-    const N: u64 = 20_000;
+    const N: u64 = 200_000;
     let mut g = c.benchmark_group("two_threads_64B");
     g.throughput(Throughput::Elements(N));
+    // One channel (or ring) and one reader thread per sample, `iters * N` packets through it.
     g.bench_function("crossbeam_bounded", |b| {
-        b.iter_custom(|it| (0..it).map(|_| crossbeam_transfer(N)).sum())
+        b.iter_custom(|it| crossbeam_transfer(it * N))
     });
     g.bench_function("std_mpsc_sync", |b| {
-        b.iter_custom(|it| (0..it).map(|_| mpsc_transfer(N)).sum())
+        b.iter_custom(|it| mpsc_transfer(it * N))
     });
     // Reference: the ring's own cost with no second core involved (write 32, read 32).
     g.bench_function("kmcl_ring_single_thread", |b| {
@@ -109,10 +110,10 @@ fn small_packets(c: &mut Criterion) {
         })
     });
     g.bench_function("kmcl_ring_commit_each", |b| {
-        b.iter_custom(|it| (0..it).map(|_| ring_transfer(N, 64, 16, 1)).sum())
+        b.iter_custom(|it| ring_transfer(it * N, 64, 16, 1))
     });
     g.bench_function("kmcl_ring_commit_32", |b| {
-        b.iter_custom(|it| (0..it).map(|_| ring_transfer(N, 64, 16, 32)).sum())
+        b.iter_custom(|it| ring_transfer(it * N, 64, 16, 32))
     });
     g.finish();
 }
@@ -150,10 +151,10 @@ fn large_packets(c: &mut Criterion) {
     });
     // 1 MiB ring: 15 packets in flight; 256 KiB ring: 3 (stays in the L2 caches).
     g.bench_function("kmcl_ring_two_threads_1MiB_ring", |b| {
-        b.iter_custom(|it| (0..it).map(|_| ring_transfer(N, LEN, 256, 1)).sum())
+        b.iter_custom(|it| ring_transfer(it * N, LEN, 256, 1))
     });
     g.bench_function("kmcl_ring_two_threads_256KiB_ring", |b| {
-        b.iter_custom(|it| (0..it).map(|_| ring_transfer(N, LEN, 64, 1)).sum())
+        b.iter_custom(|it| ring_transfer(it * N, LEN, 64, 1))
     });
     g.finish();
 }
