@@ -32,6 +32,21 @@
 //! * `shmem`: the only `unsafe` code: shared-memory atomics and copies.
 //!
 //! Errors are one enum, [`Error`]; KMCL's NTSTATUS values are noted on its variants.
+//!
+//! # Gotchas
+//!
+//! * [`ChannelHandle::phase`] changes as soon as a transition is decided; its callbacks run
+//!   right after on the dispatcher thread. Wait for the callback (e.g. Closed), not the
+//!   phase, to know a transition was delivered.
+//! * Callbacks run on the channel's dispatcher thread. `pause`/`start`/`disable`/`cleanup`
+//!   from a state-change callback return [`Error::InStateCallback`]; blocking calls from
+//!   any callback of the same channel return [`Error::WouldDeadlock`].
+//! * Every incoming packet must be completed or failed exactly once; `pause` and `disable`
+//!   wait for that. A dropped [`PacketToken`] is logged, counted and fails the packet,
+//!   which stops the incoming queue (like `VmbChannelPacketFail`).
+//! * Not implemented: GPADLs (transfer-page and GPA-direct packets are parsed and validated,
+//!   their ranges are not mapped), deferring to passive, re-enabling a disabled channel,
+//!   server save/restore, subchannels.
 
 pub mod channel;
 mod error;

@@ -159,8 +159,10 @@ impl Region {
         Ok((region, fd))
     }
 
-    /// Maps `len` bytes of `fd` shared, read-write. The caller validated `len` against the
-    /// file's size; a file shorter than `len` would fault on access, so check with `fstat`.
+    /// Maps `len` bytes of `fd` shared, read-write, after checking with `fstat` that the
+    /// file is at least that long. If another process can shrink the file afterwards,
+    /// accesses would fault (`SIGBUS`): require the `F_SEAL_SHRINK` seal on files from an
+    /// untrusted peer, as the Unix transport does.
     pub fn map(fd: impl AsFd, len: usize) -> Result<Arc<Region>, Error> {
         let nz = NonZeroUsize::new(len).ok_or(Error::InvalidArgument("empty mapping"))?;
         if !len.is_multiple_of(PAGE_SIZE) {

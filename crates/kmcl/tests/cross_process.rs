@@ -259,6 +259,37 @@ fn killing_echo_mid_stream_closes_the_channel_and_fails_outstanding_transactions
 }
 
 #[test]
+fn packets_without_completion_are_absorbed_and_ordering_is_kept() {
+    let echo = Echo::spawn();
+    let log = Log::default();
+    let ch = client(&echo, &log);
+    let (tx, rx) = mpsc::channel();
+    for i in 0..1000u32 {
+        let tx = tx.clone();
+        ch.send(&i.to_le_bytes(), SendFlags::NONE, move |c| {
+            tx.send(c.result.map(|r| r.len())).unwrap()
+        })
+        .unwrap();
+    }
+    for _ in 0..1000 {
+        assert_eq!(
+            rx.recv().unwrap().unwrap(),
+            0,
+            "completed once in the ring, no response"
+        );
+    }
+    // The echo answers only what asks for an answer: the next request gets its own payload.
+    assert_eq!(
+        ch.send_synchronous_request(b"after", None).unwrap(),
+        b"after"
+    );
+    assert_eq!(ch.counters().completions_received, 1);
+    assert_eq!(ch.counters().stale_completions, 0);
+    ch.disable().unwrap();
+    ch.cleanup().unwrap();
+}
+
+#[test]
 fn connecting_to_a_missing_socket_fails_at_once() {
     let (dir, path) = temp_socket();
     assert!(matches!(Channel::connect_unix(&path), Err(Error::Io(_))));
