@@ -47,6 +47,7 @@ mod registrar;
 pub mod rundown;
 mod status;
 mod sync;
+mod sys;
 pub mod typed;
 
 pub use binding::{BindingState, Side, SideState};
