@@ -323,9 +323,14 @@ impl Default for Registrar {
     }
 }
 
+#[cfg(not(loom))]
 sync::thread_local! {
     /// Registrations whose callbacks are running on this thread (for wait-deadlock checks).
     static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+#[cfg(loom)]
+sync::thread_local! {
+    static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = std::cell::RefCell::new(Vec::new());
 }
 
 /// Runs a module callback with `reg` marked as "in callback" on this thread, catching

@@ -2,12 +2,16 @@
 //! registrar and rundown code runs inside loom models.
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, atomic};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard, atomic};
 #[cfg(not(loom))]
 pub(crate) use std::thread_local;
 
+/// `Arc` is std's under loom too: it appears in the public API (which must not change
+/// with the cfg) and needs unsizing coercions loom's `Arc` lacks.
+pub(crate) use std::sync::Arc;
+
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard, atomic};
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard, atomic};
 #[cfg(loom)]
 pub(crate) use loom::thread_local;
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; CI runs exactly this).
+# Format and lint checks, loom models, the C ABI tests under valgrind, then every test of
+# the workspace (unit, integration, C programs, stress, doc tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== loom models"
+for crate in crates/*/; do
+  name=$(basename "$crate")
+  for t in "$crate"tests/loom_*.rs; do
+    [ -e "$t" ] || continue
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+      cargo test -q -p "$name" --release --test "$(basename "$t" .rs)"
+  done
+done
+
+if [ -x crates/netio/tests/run-valgrind.sh ]; then
+  echo "== C ABI tests under valgrind"
+  crates/netio/tests/run-valgrind.sh
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace
