@@ -168,6 +168,7 @@ mod records {
     /// Called at thread exit: the record becomes reusable, unless a guard is still alive (one
     /// leaked with `mem::forget`, or held by a thread-local destroyed later), in which case
     /// the record stays with the dead thread.
+    #[cfg(not(loom))]
     fn release(r: &'static ThreadRecord) {
         let list = sync::lock(&RECORDS);
         if r.slots.iter().all(|s| s.load(Ordering::Relaxed) == 0) {
@@ -180,6 +181,9 @@ mod records {
         rec: Cell<Option<&'static ThreadRecord>>,
     }
 
+    // Not under loom: loom tears thread-locals down after the model's statics, and models
+    // never outlive their handful of threads anyway.
+    #[cfg(not(loom))]
     impl Drop for Local {
         fn drop(&mut self) {
             if let Some(r) = self.rec.get() {
@@ -282,34 +286,31 @@ fn shard_count() -> usize {
 }
 
 fn my_shard(mask: usize) -> usize {
+    // Threads take shards round-robin in the order they first enter (deterministic under
+    // loom, which re-runs each model many times).
+    use std::cell::Cell;
+    #[cfg(not(loom))]
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     #[cfg(loom)]
-    {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        sync::current_thread().hash(&mut h);
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "only the low bits are used"
-        )]
-        let v = h.finish() as usize;
-        v & mask
+    loom::lazy_static! {
+        static ref NEXT: AtomicUsize = AtomicUsize::new(0);
     }
     #[cfg(not(loom))]
-    {
-        use std::cell::Cell;
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        std::thread_local! {
-            static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-        }
-        SHARD.with(|s| {
-            let mut v = s.get();
-            if v == usize::MAX {
-                v = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                s.set(v);
-            }
-            v & mask
-        })
+    std::thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
     }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static SHARD: Cell<usize> = Cell::new(usize::MAX);
+    }
+    SHARD.with(|s| {
+        let mut v = s.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.set(v);
+        }
+        v & mask
+    })
 }
 
 impl Default for Rundown {
