@@ -40,6 +40,8 @@
 //! * `tracing` events (target `nmr::lifecycle`) mark every transition, and
 //!   [`Registrar::snapshot`] lists registrations and bindings with their states.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod binding;
 mod handle;
 mod ids;

@@ -55,6 +55,15 @@ const ONE: usize = 2;
 pub const SLOTS: usize = 4;
 
 type OnDrained = Box<dyn FnOnce() + Send>;
+type Shards = Box<[CachePadded<AtomicUsize>]>;
+
+fn new_shards() -> Option<Shards> {
+    Some(
+        (0..shard_count())
+            .map(|_| CachePadded::new(AtomicUsize::new(0)))
+            .collect(),
+    )
+}
 
 /// How a rundown tracks calls made through [`Rundown::try_enter`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -104,14 +113,10 @@ pub fn default_mode() -> Mode {
 }
 
 /// Test and benchmark hook: makes rundowns created from now on use the sharded counter
-/// (`true`) or the default choice (`false`, asymmetric when available). Existing rundowns
-/// keep their mode.
+/// (`true`), or go back to the default choice (`false`: asymmetric when available, unless
+/// `NMR_RUNDOWN=fallback`). Existing rundowns keep their mode.
 pub fn force_fallback(on: bool) {
-    let m = if on || !asymmetric_available() {
-        MODE_SHARDED
-    } else {
-        MODE_ASYMMETRIC
-    };
+    let m = if on { MODE_SHARDED } else { 0 };
     DEFAULT_MODE.store(m, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -177,46 +182,53 @@ mod records {
         drop(list);
     }
 
-    struct Local {
-        rec: Cell<Option<&'static ThreadRecord>>,
+    // The hot path reads a plain `Cell` thread-local (no destructor, so no lazy-registration
+    // state to check); a second thread-local with a destructor, touched only when the record
+    // is first taken, hands the record back at thread exit.
+    #[cfg(not(loom))]
+    std::thread_local! {
+        static RECORD: Cell<Option<&'static ThreadRecord>> = const { Cell::new(None) };
+        static REAPER: Reaper = const { Reaper };
     }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static RECORD: Cell<Option<&'static ThreadRecord>> = Cell::new(None);
+    }
+
+    /// Returns this thread's record at thread exit.
+    #[cfg(not(loom))]
+    struct Reaper;
 
     // Not under loom: loom tears thread-locals down after the model's statics, and models
     // never outlive their handful of threads anyway.
     #[cfg(not(loom))]
-    impl Drop for Local {
+    impl Drop for Reaper {
         fn drop(&mut self) {
-            if let Some(r) = self.rec.get() {
+            if let Ok(Some(r)) = RECORD.try_with(|c| c.replace(None)) {
                 release(r);
             }
         }
     }
 
-    #[cfg(not(loom))]
-    std::thread_local! {
-        static LOCAL: Local = const { Local { rec: Cell::new(None) } };
-    }
-    #[cfg(loom)]
-    loom::thread_local! {
-        static LOCAL: Local = Local { rec: Cell::new(None) };
-    }
-
     /// This thread's record; `None` during thread teardown.
     #[inline(always)]
     pub(super) fn local() -> Option<&'static ThreadRecord> {
-        LOCAL
-            .try_with(|l| match l.rec.get() {
-                Some(r) => r,
-                None => init(l),
-            })
-            .ok()
+        match RECORD.try_with(Cell::get) {
+            Ok(Some(r)) => Some(r),
+            _ => init(),
+        }
     }
 
     #[cold]
-    fn init(l: &Local) -> &'static ThreadRecord {
+    #[inline(never)]
+    fn init() -> Option<&'static ThreadRecord> {
+        // Registering the reaper fails once this thread's destructors have started: then
+        // take no record (the caller falls back to the counter) rather than leak one.
+        #[cfg(not(loom))]
+        REAPER.try_with(|_| ()).ok()?;
         let r = acquire();
-        l.rec.set(Some(r));
-        r
+        RECORD.try_with(|c| c.set(Some(r))).ok()?;
+        Some(r)
     }
 
     /// How many slots of all threads hold `addr`. Starts with a `SeqCst` fence, so that a
@@ -229,6 +241,17 @@ mod records {
             .flat_map(|r| r.slots.iter())
             .filter(|s| s.load(Ordering::SeqCst) == addr)
             .count()
+    }
+
+    /// Does any thread other than this one own a record? Taken after `closed` is set: a
+    /// thread that takes its first record later does so under the same lock, so it sees
+    /// `closed` on its first entry; with no other record owned, no other thread can be in a
+    /// slot call and the heavy barrier has nothing to do.
+    pub(super) fn others_active() -> bool {
+        let mine = RECORD.try_with(Cell::get).ok().flatten();
+        let list = sync::lock(&RECORDS);
+        list.iter()
+            .any(|r| r.owned.load(Ordering::Relaxed) && !mine.is_some_and(|m| std::ptr::eq(m, *r)))
     }
 
     /// Thread records in existence (for diagnostics and tests of reuse).
@@ -251,7 +274,10 @@ pub struct Rundown {
     asymmetric: bool,
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
-    shards: Box<[CachePadded<AtomicUsize>]>,
+    ///
+    /// Allocated on first use in asymmetric mode (owned guards are rare there); `close`
+    /// seals an unallocated counter as `None`, so a later first entry fails.
+    shards: std::sync::OnceLock<Option<Shards>>,
     drain: AtomicIsize,
     counter_drained: AtomicBool,
     fired: AtomicBool,
@@ -330,12 +356,16 @@ impl Rundown {
     /// the OS has no asymmetric barrier.
     #[must_use]
     pub fn with_mode(mode: Mode) -> Self {
+        let asymmetric = mode == Mode::Asymmetric && sys::init();
+        let shards = std::sync::OnceLock::new();
+        // Under loom the lazy path is not modelled (std's `OnceLock` is invisible to it).
+        if !asymmetric || cfg!(loom) {
+            let _ = shards.set(new_shards());
+        }
         Rundown {
             closed: AtomicBool::new(false),
-            asymmetric: mode == Mode::Asymmetric && sys::init(),
-            shards: (0..shard_count())
-                .map(|_| CachePadded::new(AtomicUsize::new(0)))
-                .collect(),
+            asymmetric,
+            shards,
             drain: AtomicIsize::new(0),
             counter_drained: AtomicBool::new(false),
             fired: AtomicBool::new(false),
@@ -363,8 +393,9 @@ impl Rundown {
     /// returned shard must be passed to [`exit`](Self::exit).
     #[inline]
     pub(crate) fn enter_raw(&self) -> Option<usize> {
-        let i = my_shard(self.shards.len() - 1);
-        let s = &self.shards[i];
+        let shards = self.shards.get_or_init(new_shards).as_ref()?;
+        let i = my_shard(shards.len() - 1);
+        let s = &shards[i];
         let mut v = s.load(Ordering::Relaxed);
         loop {
             if v & CLOSED != 0 {
@@ -380,7 +411,10 @@ impl Rundown {
     /// Ends a counter call started on `shard` (any thread may end it).
     #[inline]
     pub(crate) fn exit(&self, shard: usize) {
-        let prev = self.shards[shard].fetch_sub(ONE, Ordering::Release);
+        let Some(Some(shards)) = self.shards.get() else {
+            unreachable!("a counted guard exists, so the counter does")
+        };
+        let prev = shards[shard].fetch_sub(ONE, Ordering::Release);
         if prev & CLOSED != 0 {
             self.release_drain();
         }
@@ -414,6 +448,10 @@ impl Rundown {
     #[cold]
     #[inline(never)]
     fn slot_exit_after_close(&self) {
+        if self.fired.load(Ordering::Acquire) {
+            // Drained already: this was an entry attempt refused after close.
+            return;
+        }
         fence(Ordering::SeqCst);
         if self.counter_drained.load(Ordering::SeqCst) && records::count(self.addr()) == 0 {
             self.fire();
@@ -445,21 +483,30 @@ impl Rundown {
     }
 
     /// Starts a call on this thread: `None` once closing began.
-    #[inline]
+    #[inline(always)]
     #[must_use]
     pub fn try_enter(&self) -> Option<RundownGuard<'_>> {
+        // Kept small and inlined: the guard then lives in registers (returning it through
+        // memory costs a store-forwarding stall larger than the whole protection).
         if self.asymmetric {
-            if self.closed.load(Ordering::Relaxed) {
-                return None;
-            }
             if let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot) {
-                return self.enter_slot(slot).then_some(RundownGuard {
+                if !self.enter_slot(slot) {
+                    return None;
+                }
+                return Some(RundownGuard {
                     rundown: self,
                     how: How::Slot(slot),
                     _not_send: std::marker::PhantomData,
                 });
             }
         }
+        self.try_enter_counted()
+    }
+
+    /// [`try_enter`](Self::try_enter) on the counter: sharded mode, nesting beyond the
+    /// slots, thread teardown.
+    #[inline(never)]
+    fn try_enter_counted(&self) -> Option<RundownGuard<'_>> {
         self.enter_raw().map(|shard| RundownGuard {
             rundown: self,
             how: How::Shard(shard),
@@ -468,10 +515,23 @@ impl Rundown {
     }
 
     /// Runs `f` as a call through this rundown: `None` (without running `f`) once closing
-    /// began. The same as holding a [`try_enter`](Self::try_enter) guard around `f`.
-    #[inline]
+    /// began. The same as holding a [`try_enter`](Self::try_enter) guard around `f`, with
+    /// a little less work on the asymmetric path.
+    #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        let g = self.try_enter()?;
+        if self.asymmetric {
+            if let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot) {
+                if !self.enter_slot(slot) {
+                    return None;
+                }
+                let _g = SlotExit {
+                    rundown: self,
+                    slot,
+                };
+                return Some(f());
+            }
+        }
+        let g = self.try_enter_counted()?;
         let r = f();
         drop(g);
         Some(r)
@@ -502,12 +562,17 @@ impl Rundown {
             *slot = Some(Box::new(on_drained));
             self.closed.store(true, Ordering::SeqCst);
         }
-        if self.asymmetric {
+        if self.asymmetric && records::others_active() {
             // Every thread now either saw `closed` or published its slot (module docs).
             sys::heavy_fence();
         }
         let mut total: isize = 1;
-        for s in &*self.shards {
+        for s in self
+            .shards
+            .get_or_init(|| None)
+            .iter()
+            .flat_map(|b| b.iter())
+        {
             let prev = s.fetch_or(CLOSED, Ordering::AcqRel);
             #[expect(clippy::cast_possible_wrap, reason = "counts are far below isize::MAX")]
             {
@@ -532,7 +597,10 @@ impl Rundown {
     pub fn in_flight(&self) -> usize {
         let counted: usize = self
             .shards
-            .iter()
+            .get()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b.iter())
             .map(|s| s.load(Ordering::Relaxed) >> 1)
             .sum();
         if self.asymmetric {
@@ -540,6 +608,19 @@ impl Rundown {
         } else {
             counted
         }
+    }
+}
+
+/// Clears a slot when `Rundown::call`'s closure returns or unwinds.
+struct SlotExit<'a> {
+    rundown: &'a Rundown,
+    slot: &'static AtomicUsize,
+}
+
+impl Drop for SlotExit<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.rundown.exit_slot(self.slot);
     }
 }
 
@@ -559,7 +640,7 @@ pub struct RundownGuard<'a> {
 }
 
 impl Drop for RundownGuard<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         match self.how {
             How::Slot(slot) => self.rundown.exit_slot(slot),

@@ -207,10 +207,8 @@ impl<D: ?Sized> Binding<D> {
     /// [`Detached`] once detach has begun.
     #[inline]
     pub fn call<R>(&self, f: impl FnOnce(&D) -> R) -> Result<R, Detached> {
-        let g = self.core.rundown.try_enter().ok_or(Detached)?;
-        let r = f(&self.core.dispatch);
-        drop(g);
-        Ok(r)
+        let core = &*self.core;
+        core.rundown.call(|| f(&core.dispatch)).ok_or(Detached)
     }
 
     /// A guard for a call on this thread; `None` once detach has begun.
@@ -239,6 +237,12 @@ impl<D: ?Sized> Binding<D> {
     #[must_use]
     pub fn handle(&self) -> BindingHandle {
         self.core.handle
+    }
+
+    /// How this binding's rundown tracks calls (see [`crate::rundown::Mode`]).
+    #[must_use]
+    pub fn rundown_mode(&self) -> crate::rundown::Mode {
+        self.core.rundown.mode()
     }
 
     /// Has detach begun?

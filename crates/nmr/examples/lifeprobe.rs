@@ -1,0 +1,12 @@
+//! probe
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    let n: u64 = std::env::args()
+        .nth(2)
+        .map_or(100_000, |s| s.parse().unwrap());
+    match which.as_str() {
+        "n" => println!("per binding {:.0} ns", nmr::bench::per_binding_ns(1000, n)),
+        "d" => println!("detach {:.2} us", nmr::bench::detach_us(n as usize, 0)),
+        _ => println!("lifecycle {:.0} ns", nmr::bench::pair_lifecycle_ns(n)),
+    }
+}
