@@ -505,13 +505,15 @@ impl Registrar {
                 unreachable!("binding client side is a client registration")
             };
             let client_reg = handle::encode(Kind::Client, r.regs.id_of(client));
+            let provider_reg = handle::encode(Kind::Provider, r.regs.id_of(provider));
             (
                 bh,
-                client_reg,
+                (client_reg, provider_reg),
                 Arc::clone(cb),
                 Arc::clone(&r.regs.at(provider).instance),
             )
         };
+        let (client_reg, provider_reg) = client_reg;
         let status = invoke(client_reg, "ClientAttachProvider", || {
             client_cb.attach_provider(bh, &provider_instance)
         })
@@ -527,7 +529,8 @@ impl Registrar {
             }
             outcome
         };
-        tracing::debug!(target: "nmr::lifecycle", event = "attach", binding = %bh, ?status, ?outcome);
+        tracing::debug!(target: "nmr::lifecycle", event = "attach", binding = %bh,
+            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg), ?status, ?outcome);
         match outcome {
             AttachOutcome::Active | AttachOutcome::Discarded => {}
             AttachOutcome::DetachBoth => self.run_detach(b, true),
@@ -624,13 +627,15 @@ impl Registrar {
                     ctx,
                 )
             };
-            tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %bh, ?side);
+            tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %bh, ?side,
+                registration = %RegistrationHandle(reg));
             let status = invoke(reg, "detach", || match &cb {
                 Callbacks::Client(c) => c.detach_provider(ctx),
                 Callbacks::Provider(p) => p.detach_client(ctx),
             })
             .unwrap_or(DetachStatus::Done);
-            tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %bh, ?side, ?status);
+            tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %bh, ?side,
+                registration = %RegistrationHandle(reg), ?status);
             let next = {
                 let mut guard = sync::lock(&self.inner.registry);
                 guard
@@ -668,13 +673,15 @@ impl Registrar {
                 ],
             )
         };
+        let (client_reg, provider_reg) = (calls[0].0, calls[1].0);
         for (reg, cb, ctx) in calls {
             invoke(reg, "cleanup", || match &cb {
                 Callbacks::Client(c) => c.cleanup_binding_context(ctx),
                 Callbacks::Provider(p) => p.cleanup_binding_context(ctx),
             });
         }
-        tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %bh);
+        tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %bh,
+            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg));
         let mut guard = sync::lock(&self.inner.registry);
         let r = &mut *guard;
         let gone = r.bindings.at_mut(b).machine.cleanups_returned();
