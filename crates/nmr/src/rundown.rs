@@ -267,6 +267,20 @@ pub fn thread_records() -> usize {
     records::total()
 }
 
+/// Something that owns a [`Rundown`] inside a shared allocation (the rundown itself, or a
+/// binding that embeds one), so owned guards and [`DrainRef`]s keep it alive without a
+/// separate `Arc<Rundown>`.
+pub(crate) trait HoldsRundown: Send + Sync + 'static {
+    /// The rundown.
+    fn rundown(&self) -> &Rundown;
+}
+
+impl HoldsRundown for Rundown {
+    fn rundown(&self) -> &Rundown {
+        self
+    }
+}
+
 /// Rundown protection for one side of a binding.
 pub struct Rundown {
     /// Set once by `close`; read (relaxed) by every slot guard's entry and exit.
@@ -540,10 +554,17 @@ impl Rundown {
     /// Starts a call with a guard that may move to other threads (always on the counter).
     #[must_use]
     pub fn try_enter_owned(self: &Arc<Self>) -> Option<OwnedRundownGuard> {
-        self.enter_raw().map(|shard| OwnedRundownGuard {
-            rundown: Arc::clone(self),
-            shard,
-        })
+        self.try_enter_owned_in(Arc::clone(self) as Arc<dyn HoldsRundown>)
+    }
+
+    /// [`try_enter_owned`](Self::try_enter_owned) for a rundown embedded in `owner`.
+    pub(crate) fn try_enter_owned_in(
+        &self,
+        owner: Arc<dyn HoldsRundown>,
+    ) -> Option<OwnedRundownGuard> {
+        debug_assert!(std::ptr::eq(owner.rundown(), self));
+        self.enter_raw()
+            .map(|shard| OwnedRundownGuard { owner, shard })
     }
 
     /// Begins rundown: every later `try_enter` fails. `on_drained` runs exactly once, on the
@@ -554,6 +575,16 @@ impl Rundown {
     /// In [`Mode::Asymmetric`] this issues the process-wide barrier (a few microseconds with
     /// other threads running).
     pub fn close(self: &Arc<Self>, on_drained: impl FnOnce() + Send + 'static) -> Option<DrainRef> {
+        self.close_in(Arc::clone(self) as Arc<dyn HoldsRundown>, on_drained)
+    }
+
+    /// [`close`](Self::close) for a rundown embedded in `owner`.
+    pub(crate) fn close_in(
+        &self,
+        owner: Arc<dyn HoldsRundown>,
+        on_drained: impl FnOnce() + Send + 'static,
+    ) -> Option<DrainRef> {
+        debug_assert!(std::ptr::eq(owner.rundown(), self));
         {
             let mut slot = sync::lock(&self.on_drained);
             if self.closed.load(Ordering::Relaxed) {
@@ -580,9 +611,7 @@ impl Rundown {
             }
         }
         self.drain.fetch_add(total, Ordering::AcqRel);
-        Some(DrainRef {
-            rundown: Arc::clone(self),
-        })
+        Some(DrainRef { owner })
     }
 
     /// Has closing begun?
@@ -650,29 +679,44 @@ impl Drop for RundownGuard<'_> {
 }
 
 /// A call in flight that may move between threads (held by async tasks, open sockets…).
-#[derive(Debug)]
 #[must_use = "the call ends when the guard drops"]
 pub struct OwnedRundownGuard {
-    rundown: Arc<Rundown>,
+    owner: Arc<dyn HoldsRundown>,
     shard: usize,
+}
+
+impl fmt::Debug for OwnedRundownGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedRundownGuard")
+            .field("rundown", self.owner.rundown())
+            .field("shard", &self.shard)
+            .finish()
+    }
 }
 
 impl Drop for OwnedRundownGuard {
     fn drop(&mut self) {
-        self.rundown.exit(self.shard);
+        self.owner.rundown().exit(self.shard);
     }
 }
 
 /// The closer's own reference: `on_drained` cannot run before this drops.
-#[derive(Debug)]
 #[must_use = "dropping it releases the closer's reference"]
 pub struct DrainRef {
-    rundown: Arc<Rundown>,
+    owner: Arc<dyn HoldsRundown>,
+}
+
+impl fmt::Debug for DrainRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainRef")
+            .field("rundown", self.owner.rundown())
+            .finish()
+    }
 }
 
 impl Drop for DrainRef {
     fn drop(&mut self) {
-        self.rundown.release_drain();
+        self.owner.rundown().release_drain();
     }
 }
 
