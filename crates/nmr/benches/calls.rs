@@ -1,5 +1,9 @@
 //! Criterion: one call through a binding guard against the baselines, 1 and 2 threads.
 //! Per-call time; the 2-thread groups report the time per call per thread.
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use nmr::bench::{CallPath, CallTarget, call_ns_on};

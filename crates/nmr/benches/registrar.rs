@@ -1,5 +1,9 @@
 //! Criterion: the registrar's targets (pair lifecycle, N providers, 2-thread registration
 //! throughput, detach latency).
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nmr::bench;

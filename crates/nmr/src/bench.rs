@@ -756,14 +756,10 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
                 .push(call_ns_on(target, 2, effort.call_iters));
         }
     }
-    let one: std::collections::HashMap<CallPath, f64> = samples1
-        .iter_mut()
-        .map(|(p, v)| (*p, median(v)))
-        .collect();
-    let two: std::collections::HashMap<CallPath, f64> = samples2
-        .iter_mut()
-        .map(|(p, v)| (*p, median(v)))
-        .collect();
+    let one: std::collections::HashMap<CallPath, f64> =
+        samples1.iter_mut().map(|(p, v)| (*p, median(v))).collect();
+    let two: std::collections::HashMap<CallPath, f64> =
+        samples2.iter_mut().map(|(p, v)| (*p, median(v))).collect();
     let (bare1, shared1, mutex1) = (
         one[&CallPath::Bare],
         one[&CallPath::SharedCounter],

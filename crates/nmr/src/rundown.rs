@@ -502,17 +502,17 @@ impl Rundown {
     pub fn try_enter(&self) -> Option<RundownGuard<'_>> {
         // Kept small and inlined: the guard then lives in registers (returning it through
         // memory costs a store-forwarding stall larger than the whole protection).
-        if self.asymmetric {
-            if let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot) {
-                if !self.enter_slot(slot) {
-                    return None;
-                }
-                return Some(RundownGuard {
-                    rundown: self,
-                    how: How::Slot(slot),
-                    _not_send: std::marker::PhantomData,
-                });
+        if self.asymmetric
+            && let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot)
+        {
+            if !self.enter_slot(slot) {
+                return None;
             }
+            return Some(RundownGuard {
+                rundown: self,
+                how: How::Slot(slot),
+                _not_send: std::marker::PhantomData,
+            });
         }
         self.try_enter_counted()
     }
@@ -533,17 +533,17 @@ impl Rundown {
     /// a little less work on the asymmetric path.
     #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        if self.asymmetric {
-            if let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot) {
-                if !self.enter_slot(slot) {
-                    return None;
-                }
-                let _g = SlotExit {
-                    rundown: self,
-                    slot,
-                };
-                return Some(f());
+        if self.asymmetric
+            && let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot)
+        {
+            if !self.enter_slot(slot) {
+                return None;
             }
+            let _g = SlotExit {
+                rundown: self,
+                slot,
+            };
+            return Some(f());
         }
         let g = self.try_enter_counted()?;
         let r = f();
