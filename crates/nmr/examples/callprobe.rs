@@ -1,17 +1,19 @@
 //! probe
 fn main() {
     use nmr::bench::*;
-    let iters = 20_000_000;
-    let ts: Vec<_> = CallPath::ALL
-        .iter()
-        .map(|&p| std::sync::Arc::new(CallTarget::new(p)))
+    let iters = 10_000_000;
+    let which: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().unwrap())
         .collect();
-    for _ in 0..3 {
-        for (p, t) in CallPath::ALL.iter().zip(&ts) {
+    for &w in &which {
+        let p = CallPath::ALL[w];
+        let t = std::sync::Arc::new(CallTarget::new(p));
+        for th in [1, 2, 1, 2] {
             let v: Vec<String> = (0..5)
-                .map(|_| format!("{:.2}", call_ns_on(t, 1, iters)))
+                .map(|_| format!("{:.2}", call_ns_on(&t, th, iters)))
                 .collect();
-            println!("{:40} {}", p.name(), v.join(" "));
+            println!("{:30} {th}t {}", p.name(), v.join(" "));
         }
     }
 }

@@ -113,3 +113,28 @@ pub(crate) fn light_fence() {
     #[cfg(loom)]
     loom::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
+
+/// CPU time this thread has used, in nanoseconds (benchmarks only: time spent descheduled
+/// by other load on a shared machine does not count). `None` where unsupported.
+#[cfg(all(feature = "bench", unix, not(loom)))]
+pub(crate) fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, and
+    // CLOCK_THREAD_CPUTIME_ID is a clock every POSIX system with threads provides.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    if r != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+/// No per-thread CPU clock here: benchmarks use wall-clock time.
+#[cfg(all(feature = "bench", not(unix), not(loom)))]
+pub(crate) fn thread_cpu_ns() -> Option<u64> {
+    None
+}
