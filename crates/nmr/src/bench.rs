@@ -540,6 +540,53 @@ pub fn pair_lifecycle_core_ns(iters: u64) -> f64 {
     ns(t) / iters as f64
 }
 
+/// [`per_binding_ns`] on the untyped core (C-ABI style modules, detach answers done).
+#[must_use]
+pub fn per_binding_core_ns(n: usize, cycles: u64) -> f64 {
+    let nmr = Registrar::new();
+    let npi = BenchNpi::ID;
+    let providers: Vec<_> = (0..n)
+        .map(|i| {
+            nmr.register_provider(
+                RegistrationInstance::new(
+                    npi,
+                    ModuleId::Guid(Guid::from_u128(1000 + i as u128)),
+                    0,
+                ),
+                Arc::new(CoreProvider),
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("provider registration failed: {e}"))
+        })
+        .collect();
+    let client: Arc<dyn ClientCallbacks> = Arc::new(CoreClient {
+        nmr: nmr.clone(),
+        op: Arc::new(Mix(7)),
+    });
+    let cycle = || {
+        let h = nmr
+            .register_client(
+                RegistrationInstance::new(npi, ModuleId::Guid(Guid::from_u128(1)), 0),
+                Arc::clone(&client),
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("client registration failed: {e}"));
+        let _ = nmr.deregister_client(h);
+        let _ = nmr.wait_for_client_deregister_complete(h);
+    };
+    cycle(); // warm up
+    let start = CpuTimer::start();
+    for _ in 0..cycles {
+        cycle();
+    }
+    let t = start.elapsed();
+    for p in providers {
+        let _ = nmr.deregister_provider(p);
+        let _ = nmr.wait_for_provider_deregister_complete(p);
+    }
+    ns(t) / cycles as f64 / n as f64
+}
+
 /// A client registering against `n` persistent providers (`n` bindings formed, each with
 /// one call), then deregistering and waiting: nanoseconds per binding, mean over `cycles`.
 #[must_use]
@@ -883,26 +930,38 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
         met: Some(core <= 150.0),
     });
     let mut per = Vec::new();
+    let mut core_per = Vec::new();
     for n in [10usize, 100, 1000, 10_000] {
         let cycles = (effort.bindings / n as u64).max(3);
         let v = median_of(runs, || per_binding_ns(n, cycles));
+        let c = median_of(runs, || per_binding_core_ns(n, cycles));
         per.push(v);
+        core_per.push(c);
         rows.push(Row {
-            name: format!("client against N = {n} providers, per binding"),
+            name: format!("client against N = {n} providers, per binding (typed layer)"),
             value: format!("{v:.0} ns"),
             target: "flat within 1.3×".into(),
-            ratios: format!("{:.2}× N = 10; usersim 200–300 ns, growing", v / per[0]),
+            ratios: format!(
+                "{:.2}× N = 10; untyped core {c:.0} ns ({:.2}× its N = 10); usersim 200–300 ns, growing",
+                v / per[0],
+                c / core_per[0]
+            ),
             met: None,
         });
     }
-    let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = per.iter().copied().fold(0.0, f64::max);
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        (lo, hi)
+    };
+    let (lo, hi) = spread(&per);
+    let (clo, chi) = spread(&core_per);
     rows.push(Row {
         name: "per-binding cost, N = 10 → 10 000: max / min".into(),
-        value: format!("{:.2}×", hi / lo),
+        value: format!("{:.2}× typed, {:.2}× core", hi / lo, chi / clo),
         target: "≤ 1.3×".into(),
-        ratios: format!("{lo:.0}–{hi:.0} ns"),
-        met: Some(hi / lo <= 1.3),
+        ratios: format!("typed {lo:.0}–{hi:.0} ns; core {clo:.0}–{chi:.0} ns"),
+        met: Some(hi / lo <= 1.3 && chi / clo <= 1.3),
     });
     let pairs = median_of(runs, || register_pairs_per_sec(effort.pairs_duration));
     rows.push(Row {
