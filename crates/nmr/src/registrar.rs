@@ -12,7 +12,7 @@ use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId}
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -266,64 +266,12 @@ impl NpiEntry {
     }
 }
 
-/// A small multiply-rotate hasher for the NPI index (std's SipHash cost more than the rest
-/// of a registration). NPI ids come from modules, not from the network, so flooding
-/// resistance buys nothing here.
-#[derive(Default, Clone, Copy)]
-struct BuildNpiHasher;
-
-impl std::hash::BuildHasher for BuildNpiHasher {
-    type Hasher = NpiHasher;
-    fn build_hasher(&self) -> NpiHasher {
-        NpiHasher(0)
-    }
-}
-
-struct NpiHasher(u64);
-
-impl NpiHasher {
-    #[inline]
-    fn add(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hasher for NpiHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.add(u64::from(v));
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
-}
-
 struct Registry {
     regs: Slab<Reg>,
     bindings: Slab<Bind>,
-    npis: HashMap<NpiId, NpiEntry, BuildNpiHasher>,
+    /// A B-tree rather than a hash map: few NPIs, and no interior pointers that leak
+    /// checkers report as "possibly lost" in the process-wide registrar.
+    npis: BTreeMap<NpiId, NpiEntry>,
 }
 
 struct Inner {
@@ -413,7 +361,7 @@ impl Registrar {
                 registry: Mutex::new(Registry {
                     regs: Slab::new(),
                     bindings: Slab::new(),
-                    npis: HashMap::default(),
+                    npis: BTreeMap::new(),
                 }),
                 drained: Condvar::new(),
             }),
