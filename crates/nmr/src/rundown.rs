@@ -38,8 +38,15 @@
 //! `counter_drained`, fences and scans every thread record for the rundown's address; a slot
 //! guard that exits after `close` clears its slot, fences, and if `counter_drained` is set
 //! scans too. Of the last two such events one always sees the other (store, `SeqCst` fence,
-//! load on both sides), so someone sees "counter drained and no slot holds me"; a `fired`
-//! flag makes `on_drained` run exactly once among the threads that see it.
+//! load on both sides), so someone sees "counter drained and no slot holds me"; taking
+//! `on_drained` out of its slot under a lock makes it run exactly once among the threads that
+//! see it.
+//!
+//! loom (`tests/loom_rundown.rs`) checks this protocol with both halves of the asymmetric
+//! pair modelled as `SeqCst` fences. That model cannot show why the heavy barrier is needed:
+//! with a full fence on the caller's side, the drain's own fence would already pair with it.
+//! On hardware the caller has only a compiler fence, its slot store can still sit in its
+//! store buffer when it reads `closed`, and only the barrier, run on its CPU, drains it.
 
 use crate::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering, fence};
 use crate::sync::{self, Arc, Mutex};
@@ -476,7 +483,9 @@ impl Rundown {
     fn release_drain(&self) {
         if self.drain.fetch_sub(1, Ordering::AcqRel) == 1 {
             if self.asymmetric {
-                self.counter_drained.store(true, Ordering::SeqCst);
+                // `count` starts with a `SeqCst` fence: the store-fence-load half of the
+                // handshake with slot exits.
+                self.counter_drained.store(true, Ordering::Release);
                 if records::count(self.addr()) != 0 {
                     // The last slot guard to exit fires.
                     return;
@@ -488,11 +497,16 @@ impl Rundown {
 
     /// Runs `on_drained`, once, whoever gets here first.
     fn fire(&self) {
-        if !self.fired.swap(true, Ordering::AcqRel) {
-            let f = sync::lock(&self.on_drained).take();
-            if let Some(f) = f {
-                f();
+        let f = {
+            let mut slot = sync::lock(&self.on_drained);
+            let f = slot.take();
+            if f.is_some() {
+                self.fired.store(true, Ordering::Release);
             }
+            f
+        };
+        if let Some(f) = f {
+            f();
         }
     }
 
@@ -591,7 +605,9 @@ impl Rundown {
                 return None;
             }
             *slot = Some(Box::new(on_drained));
-            self.closed.store(true, Ordering::SeqCst);
+            // Ordered for slot callers by the heavy barrier below (or, with no other thread
+            // owning a record, by the records lock any newcomer takes first).
+            self.closed.store(true, Ordering::Release);
         }
         if self.asymmetric && records::others_active() {
             // Every thread now either saw `closed` or published its slot (module docs).
