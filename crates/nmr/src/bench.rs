@@ -329,40 +329,63 @@ impl CallTarget {
     /// Runs `iters` calls on this thread; returns the thread's CPU time ([`CpuTimer`]).
     #[inline(never)]
     pub fn run(&self, iters: u64) -> Duration {
-        let mut acc = 0u64;
         let start = CpuTimer::start();
-        match self.path {
-            CallPath::Bare => {
-                // The same dispatch as the binding's: an `Arc<dyn Op>` dereferenced per call.
-                for i in 0..iters {
-                    acc = acc.wrapping_add(black_box(&self.dispatch).op(i));
-                }
-            }
-            CallPath::BindingAsymmetric | CallPath::BindingSharded => {
-                let b = &self
+        // Each loop in a function of its own, so its code placement does not shift with
+        // the others' (the bare loop is fast enough for alignment to show).
+        let acc = match self.path {
+            CallPath::Bare => loop_bare(&self.dispatch, iters),
+            CallPath::BindingAsymmetric | CallPath::BindingSharded => loop_binding(
+                &self
                     .live
                     .as_ref()
                     .unwrap_or_else(|| unreachable!("binding paths have a binding"))
-                    .binding;
-                for i in 0..iters {
-                    acc = acc.wrapping_add(black_box(b).call(|d| d.op(i)).unwrap_or(0));
-                }
-            }
-            CallPath::SharedCounter => {
-                for i in 0..iters {
-                    acc = acc.wrapping_add(black_box(&self.shared).call(i).unwrap_or(0));
-                }
-            }
-            CallPath::MutexCount => {
-                for i in 0..iters {
-                    acc = acc.wrapping_add(black_box(&self.mutex).call(i).unwrap_or(0));
-                }
-            }
-        }
+                    .binding,
+                iters,
+            ),
+            CallPath::SharedCounter => loop_shared(&self.shared, iters),
+            CallPath::MutexCount => loop_mutex(&self.mutex, iters),
+        };
         let t = start.elapsed();
         black_box(acc);
         t
     }
+}
+
+/// The same dispatch as the binding's: an `Arc<dyn Op>` dereferenced per call.
+#[inline(never)]
+fn loop_bare(d: &Arc<dyn Op>, iters: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..iters {
+        acc = acc.wrapping_add(black_box(d).op(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn loop_binding(b: &Binding<dyn Op>, iters: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..iters {
+        acc = acc.wrapping_add(black_box(b).call(|d| d.op(i)).unwrap_or(0));
+    }
+    acc
+}
+
+#[inline(never)]
+fn loop_shared(c: &SharedCounter, iters: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..iters {
+        acc = acc.wrapping_add(black_box(c).call(i).unwrap_or(0));
+    }
+    acc
+}
+
+#[inline(never)]
+fn loop_mutex(c: &MutexCount, iters: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..iters {
+        acc = acc.wrapping_add(black_box(c).call(i).unwrap_or(0));
+    }
+    acc
 }
 
 /// Nanoseconds per call per thread: `threads` threads call through one `path` object

@@ -559,6 +559,13 @@ impl Rundown {
             };
             return Some(f());
         }
+        self.call_counted(f)
+    }
+
+    /// [`call`](Self::call) on the counter, out of line so the slot path's loop keeps its
+    /// registers.
+    #[inline(never)]
+    fn call_counted<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         let g = self.try_enter_counted()?;
         let r = f();
         drop(g);
