@@ -886,9 +886,13 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
                 .entry(*path)
                 .or_default()
                 .push(call_ns_on(target, 1, effort.call_iters));
-            let st = call_stats(target, 2, effort.call_iters);
-            samples2.entry(*path).or_default().push(st.ns_per_call);
-            overlap.push(st.concurrency);
+            // Shorter 2-thread runs, more of them: a run that fits in a scheduler slice is
+            // more likely to have both threads on a CPU at once on a shared machine.
+            for _ in 0..4 {
+                let st = call_stats(target, 2, effort.call_iters / 10 + 1);
+                samples2.entry(*path).or_default().push(st.ns_per_call);
+                overlap.push(st.concurrency);
+            }
         }
     }
     let one: std::collections::HashMap<CallPath, f64> =
