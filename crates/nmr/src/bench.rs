@@ -365,7 +365,7 @@ fn loop_bare(d: &Arc<dyn Op>, iters: u64) -> u64 {
 fn loop_binding(b: &Binding<dyn Op>, iters: u64) -> u64 {
     let mut acc = 0u64;
     for i in 0..iters {
-        acc = acc.wrapping_add(black_box(b).call(|d| d.op(i)).unwrap_or(0));
+        acc = acc.wrapping_add(black_box(b).call(move |d| d.op(i)).unwrap_or(0));
     }
     acc
 }

@@ -190,11 +190,19 @@ mod records {
     }
 
     // The hot path reads a plain `Cell` thread-local (no destructor, so no lazy-registration
-    // state to check); a second thread-local with a destructor, touched only when the record
-    // is first taken, hands the record back at thread exit.
+    // state to check). Until the thread takes a record it points at `BUSY`, whose slots are
+    // all taken, so the first call lands in the cold path without a separate test. A second
+    // thread-local with a destructor, touched only when the record is first taken, hands the
+    // record back at thread exit.
+    #[cfg(not(loom))]
+    static BUSY: ThreadRecord = ThreadRecord {
+        // 1 is never a rundown's address (rundowns are 8-aligned).
+        slots: [const { AtomicUsize::new(1) }; SLOTS],
+        owned: AtomicBool::new(true),
+    };
     #[cfg(not(loom))]
     std::thread_local! {
-        static RECORD: Cell<Option<&'static ThreadRecord>> = const { Cell::new(None) };
+        static RECORD: Cell<&'static ThreadRecord> = const { Cell::new(&BUSY) };
         static REAPER: Reaper = const { Reaper };
     }
     #[cfg(loom)]
@@ -211,18 +219,62 @@ mod records {
     #[cfg(not(loom))]
     impl Drop for Reaper {
         fn drop(&mut self) {
-            if let Ok(Some(r)) = RECORD.try_with(|c| c.replace(None)) {
+            if let Ok(r) = RECORD.try_with(|c| c.replace(&BUSY))
+                && !std::ptr::eq(r, &BUSY)
+            {
                 release(r);
             }
         }
     }
 
-    /// This thread's record; `None` during thread teardown.
+    /// This thread's record, if it has taken one.
+    fn mine() -> Option<&'static ThreadRecord> {
+        #[cfg(not(loom))]
+        {
+            RECORD
+                .try_with(Cell::get)
+                .ok()
+                .filter(|r| !std::ptr::eq(*r, &BUSY))
+        }
+        #[cfg(loom)]
+        {
+            RECORD.try_with(Cell::get).ok().flatten()
+        }
+    }
+
+    /// A free slot in this thread's record; `None` when all are taken or the thread is
+    /// being torn down (the caller then uses the counter).
     #[inline(always)]
-    pub(super) fn local() -> Option<&'static ThreadRecord> {
-        match RECORD.try_with(Cell::get) {
-            Ok(Some(r)) => Some(r),
-            _ => init(),
+    pub(super) fn free_slot() -> Option<&'static AtomicUsize> {
+        #[cfg(not(loom))]
+        {
+            // Slot 0 inline (no nesting: the common case), the rest out of line.
+            let r = RECORD.try_with(Cell::get).ok()?;
+            let s0 = &r.slots[0];
+            if s0.load(Ordering::Relaxed) == 0 {
+                Some(s0)
+            } else {
+                free_slot_cold(r)
+            }
+        }
+        #[cfg(loom)]
+        {
+            match RECORD.try_with(Cell::get).ok()? {
+                Some(r) => r.free_slot(),
+                None => init()?.free_slot(),
+            }
+        }
+    }
+
+    /// Every slot taken: either nesting is deep, or this thread has no record yet.
+    #[cfg(not(loom))]
+    #[cold]
+    #[inline(never)]
+    fn free_slot_cold(r: &'static ThreadRecord) -> Option<&'static AtomicUsize> {
+        if std::ptr::eq(r, &BUSY) {
+            init()?.free_slot()
+        } else {
+            r.free_slot()
         }
     }
 
@@ -234,6 +286,9 @@ mod records {
         #[cfg(not(loom))]
         REAPER.try_with(|_| ()).ok()?;
         let r = acquire();
+        #[cfg(not(loom))]
+        RECORD.try_with(|c| c.set(r)).ok()?;
+        #[cfg(loom)]
         RECORD.try_with(|c| c.set(Some(r))).ok()?;
         Some(r)
     }
@@ -255,7 +310,7 @@ mod records {
     /// `closed` on its first entry; with no other record owned, no other thread can be in a
     /// slot call and the heavy barrier has nothing to do.
     pub(super) fn others_active() -> bool {
-        let mine = RECORD.try_with(Cell::get).ok().flatten();
+        let mine = mine();
         let list = sync::lock(&RECORDS);
         list.iter()
             .any(|r| r.owned.load(Ordering::Relaxed) && !mine.is_some_and(|m| std::ptr::eq(m, *r)))
@@ -448,10 +503,18 @@ impl Rundown {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
         if self.closed.load(Ordering::Relaxed) {
-            self.exit_slot(slot);
+            self.enter_refused(slot);
             return false;
         }
         true
+    }
+
+    /// `closed` was seen on entry: give the slot back (out of line, so the open case falls
+    /// straight through to the call).
+    #[cold]
+    #[inline(never)]
+    fn enter_refused(&self, slot: &AtomicUsize) {
+        self.exit_slot(slot);
     }
 
     /// Ends a slot call (on the thread that started it).
@@ -517,7 +580,7 @@ impl Rundown {
         // Kept small and inlined: the guard then lives in registers (returning it through
         // memory costs a store-forwarding stall larger than the whole protection).
         if self.asymmetric
-            && let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot)
+            && let Some(slot) = records::free_slot()
         {
             if !self.enter_slot(slot) {
                 return None;
@@ -548,7 +611,7 @@ impl Rundown {
     #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         if self.asymmetric
-            && let Some(slot) = records::local().and_then(records::ThreadRecord::free_slot)
+            && let Some(slot) = records::free_slot()
         {
             if !self.enter_slot(slot) {
                 return None;
