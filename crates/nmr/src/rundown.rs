@@ -109,11 +109,8 @@ pub fn default_mode() -> Mode {
             } else {
                 MODE_SHARDED
             };
-            // A concurrent `force_fallback` wins.
-            match DEFAULT_MODE.compare_exchange(0, m, Relaxed, Relaxed) {
-                Ok(_) => m,
-                Err(cur) => cur,
-            };
+            // A concurrent `force_fallback` wins; read back whatever is set now.
+            let _ = DEFAULT_MODE.compare_exchange(0, m, Relaxed, Relaxed);
             default_mode()
         }
     }
