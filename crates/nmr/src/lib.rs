@@ -46,6 +46,9 @@
     clippy::undocumented_unsafe_blocks,
     clippy::multiple_unsafe_ops_per_block
 )]
+
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod binding;
 mod handle;
 mod ids;
@@ -53,6 +56,7 @@ mod registrar;
 pub mod rundown;
 mod status;
 mod sync;
+mod sys;
 pub mod typed;
 
 pub use binding::{BindingState, Side, SideState};

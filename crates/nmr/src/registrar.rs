@@ -232,7 +232,7 @@ struct Reg {
     callbacks: Callbacks,
     deregistering: bool,
     /// Live bindings (attaching through cleaning up), by slab index.
-    bindings: Vec<u32>,
+    bindings: smallvec::SmallVec<[u32; 4]>,
     /// Position in the NPI index while active.
     npi_pos: usize,
     waiters: u32,
@@ -436,7 +436,7 @@ impl Registrar {
                 instance: Arc::clone(&instance),
                 callbacks,
                 deregistering: false,
-                bindings: Vec::new(),
+                bindings: smallvec::SmallVec::new(),
                 npi_pos,
                 waiters: 0,
             };

@@ -53,7 +53,7 @@ use crate::registrar::{
     ClientCallbacks, Context, DetachStatus, ProviderAttachment, ProviderCallbacks,
     RegistrationInstance,
 };
-use crate::rundown::{DrainRef, OwnedRundownGuard, Rundown, RundownGuard};
+use crate::rundown::{DrainRef, HoldsRundown, OwnedRundownGuard, Rundown, RundownGuard};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::{BindingHandle, Error, ModuleId, NpiId, Registrar, RegistrationHandle, Status};
@@ -159,10 +159,20 @@ impl Declined {
 #[error("the binding is detaching or detached")]
 pub struct Detached;
 
+/// One allocation per binding direction: the rundown is embedded (owned guards and the
+/// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less.
 struct BindingCore<D: ?Sized> {
-    rundown: Arc<Rundown>,
-    dispatch: Arc<D>,
+    rundown: Rundown,
+    /// [`detach_side`]'s handshake with the drain callback.
+    detach_state: AtomicU8,
     handle: BindingHandle,
+    dispatch: Arc<D>,
+}
+
+impl<D: ?Sized + Send + Sync + 'static> HoldsRundown for BindingCore<D> {
+    fn rundown(&self) -> &Rundown {
+        &self.rundown
+    }
 }
 
 /// The peer's dispatch for one binding, behind built-in rundown protection. Cheap to clone.
@@ -194,9 +204,10 @@ impl<D: ?Sized> Binding<D> {
     fn new(dispatch: Arc<D>, handle: BindingHandle) -> Self {
         Binding {
             core: Arc::new(BindingCore {
-                rundown: Arc::new(Rundown::new()),
-                dispatch,
+                rundown: Rundown::new(),
+                detach_state: AtomicU8::new(IDLE),
                 handle,
+                dispatch,
             }),
         }
     }
@@ -207,10 +218,8 @@ impl<D: ?Sized> Binding<D> {
     /// [`Detached`] once detach has begun.
     #[inline]
     pub fn call<R>(&self, f: impl FnOnce(&D) -> R) -> Result<R, Detached> {
-        let g = self.core.rundown.try_enter().ok_or(Detached)?;
-        let r = f(&self.core.dispatch);
-        drop(g);
-        Ok(r)
+        let core = &*self.core;
+        core.rundown.call(|| f(&core.dispatch)).ok_or(Detached)
     }
 
     /// A guard for a call on this thread; `None` once detach has begun.
@@ -225,10 +234,13 @@ impl<D: ?Sized> Binding<D> {
     /// A guard that may move between threads (an open socket, an async task). Detach stays
     /// pending while it lives. `None` once detach has begun.
     #[must_use]
-    pub fn enter_owned(&self) -> Option<OwnedCallGuard<D>> {
+    pub fn enter_owned(&self) -> Option<OwnedCallGuard<D>>
+    where
+        D: Send + Sync + 'static,
+    {
         self.core
             .rundown
-            .try_enter_owned()
+            .try_enter_owned_in(Arc::clone(&self.core) as Arc<dyn HoldsRundown>)
             .map(|guard| OwnedCallGuard {
                 _guard: guard,
                 dispatch: Arc::clone(&self.core.dispatch),
@@ -239,6 +251,12 @@ impl<D: ?Sized> Binding<D> {
     #[must_use]
     pub fn handle(&self) -> BindingHandle {
         self.core.handle
+    }
+
+    /// How this binding's rundown tracks calls (see [`crate::rundown::Mode`]).
+    #[must_use]
+    pub fn rundown_mode(&self) -> crate::rundown::Mode {
+        self.core.rundown.mode()
     }
 
     /// Has detach begun?
@@ -389,34 +407,51 @@ fn peer_info<'a, N: Npi, C: 'static>(
 const IDLE: u8 = 0;
 const IN_DETACH: u8 = 1;
 const DRAINED_INLINE: u8 = 2;
+const PENDING: u8 = 3;
 
-/// Closes `rundown`, runs the module's detach hook with the hold, and reports done when
-/// everything drained before the hook returned, pending otherwise (then the drain callback
-/// completes the detach through the registrar).
-fn detach_side(
-    rundown: &Arc<Rundown>,
+/// Closes the binding's rundown, runs the module's detach hook with the hold, and reports
+/// done when everything drained before the hook returned, pending otherwise (then the drain
+/// callback completes the detach through the registrar).
+fn detach_side<D: ?Sized + Send + Sync + 'static>(
+    core: &Arc<BindingCore<D>>,
     complete: impl FnOnce() + Send + 'static,
     hook: impl FnOnce(DetachHold),
 ) -> DetachStatus {
-    let state = Arc::new(AtomicU8::new(IN_DETACH));
-    let s2 = Arc::clone(&state);
-    let Some(drain) = rundown.close(move || {
-        if s2
-            .compare_exchange(
-                IN_DETACH,
-                DRAINED_INLINE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            complete();
-        }
-    }) else {
+    if core
+        .detach_state
+        .compare_exchange(IDLE, IN_DETACH, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return DetachStatus::Done;
+    }
+    // The callback holds the core until it runs (it is taken out and dropped when it fires).
+    let c2 = Arc::clone(core);
+    let Some(drain) = core
+        .rundown
+        .close_in(Arc::clone(core) as Arc<dyn HoldsRundown>, move || {
+            if c2
+                .detach_state
+                .compare_exchange(
+                    IN_DETACH,
+                    DRAINED_INLINE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                complete();
+            }
+        })
+    else {
         return DetachStatus::Done;
     };
     hook(DetachHold { _drain: drain });
-    match state.compare_exchange(IN_DETACH, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+    match core.detach_state.compare_exchange(
+        IN_DETACH,
+        PENDING,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
         Ok(_) => DetachStatus::Pending,
         Err(_) => DetachStatus::Done,
     }
@@ -593,7 +628,7 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
         let registrar = self.registrar.clone();
         let handle = binding.handle();
         detach_side(
-            &binding.core.rundown,
+            &binding.core,
             move || {
                 if let Err(e) = registrar.client_detach_provider_complete(handle) {
                     tracing::error!(target: "nmr", %handle, "typed client detach completion failed: {e}");
@@ -662,7 +697,7 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         let registrar = self.registrar.clone();
         let handle = side.binding.handle();
         detach_side(
-            &side.binding.core.rundown,
+            &side.binding.core,
             move || {
                 if let Err(e) = registrar.provider_detach_client_complete(handle) {
                     tracing::error!(target: "nmr", %handle, "typed provider detach completion failed: {e}");
