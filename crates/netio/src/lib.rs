@@ -36,6 +36,12 @@
 //! Handles are the registrar's generation-checked 64-bit ids carried in a `HANDLE`, never
 //! pointers: unknown, stale, freed or wrong-kind handles are rejected, not dereferenced.
 
+// Unsafe code is confined to small modules; every block says why it holds, one operation
+// at a time (the workspace denies these; here they cannot be allowed at all).
+#![forbid(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
 pub mod abi;
 mod error;
 // The exports sit on `Registrar::global()`, which does not exist in `nmr`'s loom builds.

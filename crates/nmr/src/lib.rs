@@ -40,6 +40,13 @@
 //! * `tracing` events (target `nmr::lifecycle`) mark every transition, and
 //!   [`Registrar::snapshot`] lists registrations and bindings with their states.
 
+// Unsafe code is confined to small modules; every block says why it holds, one operation
+// at a time (the workspace denies these; here they cannot be allowed at all).
+#![forbid(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
+
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod binding;

@@ -207,7 +207,11 @@ impl EchoServer {
     /// Register as a WSK application on `registrar`, capture the provider (waiting up to
     /// 10 s for it), and listen on `bind`.
     pub fn start(registrar: &Registrar, bind: SocketAddr) -> Result<EchoServer> {
-        let reg = WskRegistration::register(registrar, WskClientDispatch::new(WSK_VERSION_1_0))?;
+        let reg = WskRegistration::register_named(
+            registrar,
+            "echo-server",
+            WskClientDispatch::new(WSK_VERSION_1_0),
+        )?;
         let npi = reg.capture_provider_npi(CAPTURE_WAIT_MS)?;
         let shared = Arc::new(EchoShared::default());
         let listener = npi.listen_socket(
@@ -556,7 +560,11 @@ impl LoadClient {
                 "connections and message_size must be positive",
             ));
         }
-        let reg = WskRegistration::register(registrar, WskClientDispatch::new(WSK_VERSION_1_0))?;
+        let reg = WskRegistration::register_named(
+            registrar,
+            "load-client",
+            WskClientDispatch::new(WSK_VERSION_1_0),
+        )?;
         let npi = reg.capture_provider_npi(CAPTURE_WAIT_MS)?;
         let local: SocketAddr = match Family::of(&target) {
             Family::V4 => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
@@ -652,6 +660,25 @@ impl LoadClient {
     /// Close the connections, release the capture and deregister.
     pub fn close(mut self) {
         self.shutdown();
+    }
+
+    /// Unload the way the WSK unload story goes: `WskDeregister` starts while the
+    /// connections are still open, so once the capture is released the provider's detach
+    /// of this application stays pending; `while_pending` runs then (e.g. to show the
+    /// registrar's state). Closing the connections afterwards completes the detach, the
+    /// cleanups run, and the deregistration returns before this does.
+    pub fn unload_with_sockets_open(mut self, while_pending: impl FnOnce()) {
+        let Some(reg) = self.reg.take() else {
+            return self.shutdown();
+        };
+        reg.start_deregister();
+        let deregistering = std::thread::spawn(move || reg.deregister());
+        drop(self.npi.take());
+        while_pending();
+        self.shutdown();
+        if deregistering.join().is_err() {
+            tracing::error!(target: "wsk", "WskDeregister panicked");
+        }
     }
 
     fn shutdown(&mut self) {

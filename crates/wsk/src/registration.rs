@@ -124,6 +124,19 @@ impl WskRegistration {
     /// `WskRegister`: register a WSK application asking for `dispatch.version`. If the
     /// provider is registered it attaches before this returns; otherwise when it arrives.
     pub fn register(registrar: &Registrar, dispatch: WskClientDispatch) -> Result<WskRegistration> {
+        Self::register_named(registrar, "wsk-app", dispatch)
+    }
+
+    /// [`register`](Self::register) with a module name for the registrar's logs, snapshots
+    /// and timelines.
+    ///
+    /// # Errors
+    /// As [`register`](Self::register).
+    pub fn register_named(
+        registrar: &Registrar,
+        name: &str,
+        dispatch: WskClientDispatch,
+    ) -> Result<WskRegistration> {
         let shared = Arc::new(RegShared {
             state: Mutex::new(RegState::default()),
             cond: Condvar::new(),
@@ -136,12 +149,8 @@ impl WskRegistration {
         let id = ModuleId::Guid(Guid::from_u128(
             0x5753_4B43_0000_4000_8000_0000_0000_0000 | u128::from(n),
         ));
-        let nmr = ClientRegistration::register(
-            registrar,
-            ModuleInfo::new(id).named("wsk-app"),
-            None,
-            module,
-        )?;
+        let nmr =
+            ClientRegistration::register(registrar, ModuleInfo::new(id).named(name), None, module)?;
         Ok(WskRegistration {
             shared,
             nmr: Some(nmr),

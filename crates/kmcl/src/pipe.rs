@@ -1,0 +1,225 @@
+//! A blocking, single-producer single-consumer packet pipe over one VMBus ring, for two
+//! threads of one process.
+//!
+//! This is the ring protocol with nothing else around it (no channel lifecycle, no
+//! transactions): the writer publishes batches and sleeps on `pending_send_size` when the
+//! ring is full, the reader drains and sleeps after `arm` when it is empty. Both back off
+//! (spin, then yield) before sleeping, because a futex wake costs far more than a packet. It is what
+//! the two-thread benchmarks measure, and a building block for code that wants the ring's
+//! wire format without the channel machinery.
+//!
+//! ```
+//! let (mut tx, mut rx) = kmcl::pipe::pipe(4).unwrap();
+//! let t = std::thread::spawn(move || {
+//!     for i in 0..100u32 {
+//!         tx.send(&i.to_le_bytes()).unwrap();
+//!     }
+//! });
+//! for i in 0..100u32 {
+//!     assert_eq!(rx.recv().unwrap(), i.to_le_bytes());
+//! }
+//! t.join().unwrap();
+//! assert!(rx.recv().is_err(), "writer gone");
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crossbeam_utils::Backoff;
+
+use crate::Error;
+use crate::event::{Event, GONE, SIGNAL};
+use crate::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND, packet_len};
+use crate::shmem::RingView;
+
+/// The reader releases ring space at least every this many packets (and every eighth of
+/// the ring).
+const READ_COMMIT_EVERY: u32 = 16;
+
+/// The sending end.
+#[derive(Debug)]
+pub struct PipeWriter {
+    ring: OutgoingRing<RingView>,
+    to_reader: Arc<Event>,
+    from_reader: Arc<Event>,
+    batch: u32,
+    pending: u32,
+    signals: u64,
+}
+
+/// The receiving end.
+#[derive(Debug)]
+pub struct PipeReader {
+    ring: IncomingRing<RingView>,
+    to_writer: Arc<Event>,
+    from_writer: Arc<Event>,
+    buf: Vec<u8>,
+    unreleased: u32,
+    unreleased_bytes: usize,
+    signals: u64,
+}
+
+/// A pipe over a heap ring with `data_pages` pages of data.
+pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
+    let view = RingView::heap(data_pages)?;
+    let to_reader = Arc::new(Event::new());
+    let to_writer = Arc::new(Event::new());
+    Ok((
+        PipeWriter {
+            ring: OutgoingRing::new(view.clone())?,
+            to_reader: to_reader.clone(),
+            from_reader: to_writer.clone(),
+            batch: 1,
+            pending: 0,
+            signals: 0,
+        },
+        PipeReader {
+            ring: IncomingRing::new(view)?,
+            to_writer,
+            from_writer: to_reader,
+            buf: Vec::new(),
+            unreleased: 0,
+            unreleased_bytes: 0,
+            signals: 0,
+        },
+    ))
+}
+
+impl PipeWriter {
+    /// Publish every `n` packets (default 1) instead of after each; [`PipeWriter::flush`]
+    /// publishes the rest. Larger batches mean fewer index stores and signals.
+    pub fn set_batch(&mut self, n: u32) {
+        self.batch = n.max(1);
+    }
+
+    /// Sends one packet, blocking while the ring is full.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let header = PacketHeader {
+            packet_type: TYPE_IN_BAND,
+            flags: 0,
+            trans_id: 0,
+        };
+        let mut ext = [0u8; 8];
+        ext[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let needed = packet_len(ext.len(), payload.len()).ok_or(Error::PacketTooLarge)?;
+        'retry: loop {
+            if self.ring.try_write(header, &ext, payload)? {
+                self.pending += 1;
+                if self.pending >= self.batch {
+                    self.flush()?;
+                }
+                return Ok(());
+            }
+            self.flush()?;
+            // Spin, then yield, then sleep (crossbeam's backoff policy).
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                if self.ring.free_bytes()? >= needed {
+                    continue 'retry;
+                }
+            }
+            // Ask for a quarter of the ring (at least this packet) so the reader does not
+            // wake us for every freed packet.
+            let want = needed
+                .max(self.ring.size() / 4)
+                .min(self.ring.max_packet_len());
+            if !self.ring.request_space(want)? && self.from_reader.wait() & GONE != 0 {
+                return Err(Error::DeviceRemoved);
+            }
+        }
+    }
+
+    /// Publishes every packet written so far.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.pending = 0;
+        if self.ring.commit()? {
+            self.signals += 1;
+            self.to_reader.raise(SIGNAL);
+        }
+        Ok(())
+    }
+
+    /// Signals sent to the reader so far.
+    pub fn signals_sent(&self) -> u64 {
+        self.signals
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        self.to_reader.raise(GONE);
+    }
+}
+
+impl PipeReader {
+    /// Receives the next packet, blocking while the ring is empty. `DeviceRemoved` once the
+    /// writer is gone and everything it sent was received.
+    pub fn recv(&mut self) -> Result<&[u8], Error> {
+        let info = 'found: loop {
+            if let Some(info) = self.ring.read_packet(&mut self.buf)? {
+                break 'found info;
+            }
+            self.release()?;
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                if let Some(info) = self.ring.read_packet(&mut self.buf)? {
+                    break 'found info;
+                }
+            }
+            if self.ring.arm()? {
+                let bits = self.from_writer.wait();
+                self.ring.set_interrupt_mask(true);
+                if bits & GONE != 0 {
+                    if let Some(info) = self.ring.read_packet(&mut self.buf)? {
+                        break 'found info;
+                    }
+                    return Err(Error::DeviceRemoved);
+                }
+            }
+        };
+        self.unreleased += 1;
+        self.unreleased_bytes += info.payload.end + 8;
+        if self.unreleased >= READ_COMMIT_EVERY
+            || self.unreleased_bytes >= self.ring.size() as usize / 8
+        {
+            self.release()?;
+        }
+        let p = &self.buf[info.payload.clone()];
+        if info.ext.len() >= 8 {
+            let len = u32::from_le_bytes([self.buf[16], self.buf[17], self.buf[18], self.buf[19]])
+                as usize;
+            if len > p.len() || p.len() - len >= 8 {
+                return Err(Error::Protocol(
+                    "KMCL header length does not match the packet",
+                ));
+            }
+            return Ok(&p[..len]);
+        }
+        Ok(p)
+    }
+
+    fn release(&mut self) -> Result<(), Error> {
+        self.unreleased = 0;
+        self.unreleased_bytes = 0;
+        if self.ring.commit_read()? {
+            self.signals += 1;
+            self.to_writer.raise(SIGNAL);
+        }
+        Ok(())
+    }
+
+    /// Signals sent to the writer so far.
+    pub fn signals_sent(&self) -> u64 {
+        self.signals
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        self.to_writer.raise(GONE);
+    }
+}
