@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
-echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo clippy -D warnings (all features: the bench code too)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== loom models"
 for crate in crates/*/; do
@@ -25,6 +25,9 @@ if [ -x crates/netio/tests/run-valgrind.sh ]; then
   echo "== C ABI tests under valgrind"
   crates/netio/tests/run-valgrind.sh
 fi
+
+echo "== stress test on the rundown's fallback path (sharded counters)"
+NMR_RUNDOWN=fallback cargo test -q -p nmr --test stress
 
 echo "== cargo test --workspace"
 cargo test --workspace
