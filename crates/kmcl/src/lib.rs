@@ -55,6 +55,7 @@
     clippy::multiple_unsafe_ops_per_block
 )]
 pub mod channel;
+pub mod echo;
 mod error;
 pub mod event;
 pub mod lifecycle;

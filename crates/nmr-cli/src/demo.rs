@@ -40,7 +40,8 @@ pub(crate) struct DemoArgs {
     /// Also run a channel to a spawned `kmcl-echo` process over shared memory.
     #[arg(long)]
     pub(crate) cross_process: bool,
-    /// The `kmcl-echo` binary (default: next to this executable).
+    /// The peer program for `--cross-process` (default: this `nmr` itself, serving as
+    /// `kmcl-echo` in a child process).
     #[arg(long, value_name = "PATH")]
     pub(crate) kmcl_echo: Option<PathBuf>,
     /// Write the timeline as an SVG picture.
@@ -278,12 +279,19 @@ impl ChannelRun {
         Self::client_side(name, client, Some(server), None)
     }
 
-    fn cross_process(name: &str, kmcl_echo: &Path) -> Result<ChannelRun> {
+    fn cross_process(name: &str, kmcl_echo: Option<&Path>) -> Result<ChannelRun> {
         let dir = std::env::temp_dir().join(format!("nmr-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let sock = dir.join("kmcl.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut child = Command::new(kmcl_echo)
+        let me = std::env::current_exe().context("locating the nmr executable")?;
+        let (program, sub): (&Path, &[&str]) = match kmcl_echo {
+            Some(p) => (p, &[]),
+            None => (&me, &["kmcl-echo"]),
+        };
+        let kmcl_echo = program;
+        let mut child = Command::new(program)
+            .args(sub)
             .arg(&sock)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -309,7 +317,7 @@ impl ChannelRun {
             std::thread::sleep(Duration::from_millis(10));
         };
         note(format!(
-            "spawned kmcl-echo (pid {}) on {}",
+            "spawned the kmcl-echo peer process (pid {}) on {}",
             child.id(),
             sock.display()
         ));
@@ -403,15 +411,6 @@ impl Drop for ChannelRun {
     }
 }
 
-fn default_kmcl_echo() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    // Next to `nmr`, or one level up when running from target/*/deps (tests).
-    [dir.join("kmcl-echo"), dir.parent()?.join("kmcl-echo")]
-        .into_iter()
-        .find(|p| p.exists())
-}
-
 fn inspect(at: Moment, want: Option<Moment>, nmr: &Registrar) {
     if want == Some(at) {
         println!(
@@ -467,10 +466,10 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
     let mut channels =
         vec![ChannelRun::local("chan-local").context("opening the in-process channel")?];
     if args.cross_process {
-        let path = args.kmcl_echo.clone().or_else(default_kmcl_echo).context(
-            "kmcl-echo not found next to nmr: build it (`cargo build --release -p kmcl`) or pass --kmcl-echo PATH",
-        )?;
-        channels.push(ChannelRun::cross_process("chan-xproc", &path)?);
+        channels.push(ChannelRun::cross_process(
+            "chan-xproc",
+            args.kmcl_echo.as_deref(),
+        )?);
     }
     inspect(Moment::Attached, args.inspect, &nmr);
 

@@ -57,6 +57,13 @@ enum Cmd {
     },
     /// Run the benchmark scenarios quickly and print the table with ratios to baselines.
     Bench(bench::BenchArgs),
+    /// Serve KMCL echo channels on a Unix socket, like `kmcl-echo` (the demo's
+    /// `--cross-process` peer).
+    #[command(hide = true)]
+    KmclEcho {
+        /// The socket path.
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +98,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Some(Cmd::Bench(args)) => bench::run(&args),
+        Some(Cmd::KmclEcho { path }) => {
+            kmcl::echo::run(&path, |_| {})
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Cmd::Demo(args)) => run_demo(&args, color),
         Some(Cmd::Inspect { at, seconds }) => {
             let args = demo::DemoArgs {

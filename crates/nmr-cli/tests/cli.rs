@@ -14,11 +14,6 @@ fn tmp(name: &str) -> PathBuf {
     d.join(name)
 }
 
-fn kmcl_echo() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_nmr")).with_file_name("kmcl-echo");
-    p.exists().then_some(p)
-}
-
 #[test]
 fn the_demo_runs_to_completion_and_its_summary_checks_out() {
     let svg = tmp("t.svg");
@@ -37,10 +32,8 @@ fn the_demo_runs_to_completion_and_its_summary_checks_out() {
     .arg(&svg)
     .arg("--trace")
     .arg(&trace);
-    // `cargo test --workspace` builds kmcl-echo beside us (kmcl's own tests need it).
-    if let Some(k) = kmcl_echo() {
-        cmd.arg("--cross-process").arg("--kmcl-echo").arg(k);
-    }
+    // The cross-process channel's peer is `nmr kmcl-echo` in a child process.
+    cmd.arg("--cross-process");
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -71,6 +64,8 @@ fn the_demo_runs_to_completion_and_its_summary_checks_out() {
         pos("wsk wait returned") > pos("cleanup of both binding contexts: echo-server and wsk")
     );
     assert!(pos("channel chan-local: Closed") < pos("channel chan-local: cleanup (released)"));
+    assert!(pos("spawned the kmcl-echo peer process") < pos("channel chan-xproc: Opened"));
+    assert!(pos("channel chan-xproc: Closed") < pos("channel chan-xproc: cleanup (released)"));
     assert!(stdout.contains("0 registration(s), 0 binding(s) left"));
     assert!(stdout.contains("0 errors"));
     // The picture is well-formed SVG with a lane per module.
