@@ -411,14 +411,38 @@ impl Drop for ChannelRun {
     }
 }
 
-fn inspect(at: Moment, want: Option<Moment>, nmr: &Registrar) {
-    if want == Some(at) {
+/// What `--inspect` looks at: the registrar's snapshot, and the calls in flight that keep
+/// detaches pending (open WSK sockets, channel packets in flight).
+struct Inspector<'a> {
+    want: Option<Moment>,
+    nmr: &'a Registrar,
+    wsk: wsk::Subsystem,
+    channels: Vec<(String, ChannelHandle)>,
+}
+
+impl Inspector<'_> {
+    fn at(&self, at: Moment) {
+        if self.want != Some(at) {
+            return;
+        }
+        let name = at
+            .to_possible_value()
+            .map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned());
+        println!("--- registrar snapshot at '{name}' ---");
+        print!("{}", self.nmr.snapshot());
+        let c = self.wsk.counters();
         println!(
-            "--- registrar snapshot at '{}' ---",
-            at.to_possible_value()
-                .map_or("?".into(), |v| v.get_name().to_owned())
+            "  in flight: {} WSK socket(s) open (each keeps its application's detach pending), {} WSK client(s)",
+            c.sockets_opened - c.sockets_closed,
+            c.clients
         );
-        print!("{}", nmr.snapshot());
+        for (n, h) in &self.channels {
+            println!(
+                "  in flight: channel {n}: {} packet(s), phase {:?}",
+                h.packets_in_flight(),
+                h.phase()
+            );
+        }
         println!("---");
     }
 }
@@ -471,7 +495,16 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
             args.kmcl_echo.as_deref(),
         )?);
     }
-    inspect(Moment::Attached, args.inspect, &nmr);
+    let inspector = Inspector {
+        want: args.inspect,
+        nmr: &nmr,
+        wsk: provider.subsystem().clone(),
+        channels: channels
+            .iter()
+            .map(|c| (c.name.clone(), c.client.handle()))
+            .collect(),
+    };
+    inspector.at(Moment::Attached);
 
     note(format!(
         "traffic for {:.1} s: WSK echo round trips and KMCL transactions",
@@ -513,7 +546,7 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
             ));
             if !inspected && el >= duration / 2 {
                 inspected = true;
-                inspect(Moment::Traffic, args.inspect, &nmr);
+                inspector.at(Moment::Traffic);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -531,7 +564,6 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
     // 1. The load client: detach pending while its sockets are open.
     note("unload 1: the load client deregisters with its sockets still open");
     let t0 = Instant::now();
-    let want = args.inspect;
     load.unload_with_sockets_open(|| {
         wait_for_binding(
             &nmr,
@@ -546,7 +578,7 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
                 )
             },
         );
-        inspect(Moment::Detaching, want, &nmr);
+        inspector.at(Moment::Detaching);
         note("load client closes its sockets");
     });
     summary
@@ -559,14 +591,13 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
         "unload 2: the WSK provider deregisters under the echo server (provider-initiated detach)",
     );
     let t0 = Instant::now();
-    let subsystem = provider.subsystem().clone();
     let dereg = provider.deregister();
     wait_for_binding(
         &nmr,
         "echo server's detach is pending: it still has sockets open",
         |s| matches!(s, BindingState::Detaching { .. }),
     );
-    inspect(Moment::ProviderDetaching, args.inspect, &nmr);
+    inspector.at(Moment::ProviderDetaching);
     note("echo server notices and closes its sockets (WskDeregister)");
     summary.echo = server.stop();
     dereg
@@ -577,16 +608,15 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
         t0.elapsed(),
     ));
     summary.waits_returned += 1;
-    let c = subsystem.counters();
+    let c = inspector.wsk.counters();
     (summary.sockets_opened, summary.sockets_closed) = (c.sockets_opened, c.sockets_closed);
-    drop(subsystem);
 
     // 3. The channels.
     note("unload 3: the channels (disable, then cleanup)");
     for c in channels {
         summary.channels.push(c.unload()?);
     }
-    inspect(Moment::End, args.inspect, &nmr);
+    inspector.at(Moment::End);
     let snap = nmr.snapshot();
     summary.registrations_left = snap.registrations.len();
     summary.bindings_left = snap.bindings.len();

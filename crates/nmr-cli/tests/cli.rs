@@ -116,6 +116,7 @@ fn inspect_prints_the_snapshot_while_a_detach_is_pending() {
     assert!(snap.contains("load-client"), "{snap}");
     assert!(snap.contains("Deregistering"), "{snap}");
     assert!(snap.contains("provider Pending"), "{snap}");
+    assert!(snap.contains("WSK socket(s) open"), "{snap}");
 }
 
 #[test]
