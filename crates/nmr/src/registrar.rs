@@ -220,11 +220,85 @@ pub enum RegistrationState {
     DeregisterComplete,
 }
 
-#[derive(Clone)]
 enum Callbacks {
     Client(Arc<dyn ClientCallbacks>),
     Provider(Arc<dyn ProviderCallbacks>),
 }
+
+impl Callbacks {
+    /// Borrows the callbacks past the lock (see [`live`]).
+    fn live(&self) -> LiveCallbacks {
+        match self {
+            Callbacks::Client(c) => LiveCallbacks::Client(Live::of(c)),
+            Callbacks::Provider(p) => LiveCallbacks::Provider(Live::of(p)),
+        }
+    }
+}
+
+/// One side's detach or cleanup call: its registration handle, callbacks and context.
+#[derive(Clone, Copy)]
+struct SideCall {
+    reg: u64,
+    cb: LiveCallbacks,
+    ctx: Context,
+}
+
+/// Both sides' calls of one binding (client first), and the binding's handle.
+struct SideCalls {
+    binding: BindingHandle,
+    sides: [SideCall; 2],
+}
+
+/// A registration's callbacks, borrowed past the lock.
+#[derive(Clone, Copy)]
+enum LiveCallbacks {
+    Client(Live<dyn ClientCallbacks>),
+    Provider(Live<dyn ProviderCallbacks>),
+}
+
+mod live {
+    //! Borrowing what a registration owns past the registry lock, without an `Arc` clone
+    //! (two atomic read-modify-writes) per callback.
+    //!
+    //! A registration's callbacks and instance sit behind `Arc`s that are set once at
+    //! registration and dropped only when `wait` removes the registration, which it does only
+    //! once the registration has no binding left. A binding leaves its registrations' lists
+    //! only after its last callback returned (discarded after the attach, or retired after
+    //! both cleanups). So while a callback for a binding runs, both registrations of that
+    //! binding, and what their `Arc`s point to, stay alive, even with the lock released.
+    use crate::sync::Arc;
+    use std::ptr::NonNull;
+
+    /// A pointer to the contents of an `Arc` held by a registration of a live binding.
+    pub(super) struct Live<T: ?Sized>(NonNull<T>);
+
+    impl<T: ?Sized> Clone for Live<T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<T: ?Sized> Copy for Live<T> {}
+
+    impl<T: ?Sized> Live<T> {
+        /// Points at `a`'s contents, which do not move while `a` (or a clone) lives.
+        pub(super) fn of(a: &Arc<T>) -> Self {
+            Live(NonNull::from(&**a))
+        }
+
+        /// The pointee.
+        ///
+        /// # Safety
+        /// The `Arc` this came from is still held by its registration: the caller runs a
+        /// callback of a binding that has not left its registrations' lists (module docs).
+        pub(super) unsafe fn get(&self) -> &T {
+            // SAFETY: per the contract, the registration still holds the `Arc`, so its
+            // contents are alive and only shared references to them exist.
+            unsafe { self.0.as_ref() }
+        }
+    }
+}
+use live::Live;
 
 struct Reg {
     role: Role,
@@ -511,13 +585,18 @@ impl Registrar {
             (
                 bh,
                 (client_reg, provider_reg),
-                Arc::clone(cb),
-                Arc::clone(&r.regs.at(provider).instance),
+                Live::of(cb),
+                Live::of(&r.regs.at(provider).instance),
             )
         };
         let (client_reg, provider_reg) = client_reg;
         let status = invoke(client_reg, "ClientAttachProvider", || {
-            client_cb.attach_provider(bh, &provider_instance)
+            // SAFETY: binding `b` is attaching: it stays in both registrations' lists until
+            // the attach returns (see `live`).
+            let client_cb = unsafe { client_cb.get() };
+            // SAFETY: as above.
+            let provider_instance = unsafe { provider_instance.get() };
+            client_cb.attach_provider(bh, provider_instance)
         })
         .unwrap_or(Status::INVALID_PARAMETER);
         let outcome = {
@@ -577,14 +656,19 @@ impl Registrar {
             (
                 id.index,
                 handle::encode(Kind::Provider, r.regs.id_of(provider)),
-                Arc::clone(cb),
-                Arc::clone(&r.regs.at(client).instance),
+                Live::of(cb),
+                Live::of(&r.regs.at(client).instance),
             )
         };
         let result = invoke(provider_reg, "ProviderAttachClient", || {
+            // SAFETY: this thread runs the client's attach of binding `b` (checked above), so
+            // the binding stays in both registrations' lists until we return (see `live`).
+            let provider_cb = unsafe { provider_cb.get() };
+            // SAFETY: as above.
+            let client_instance = unsafe { client_instance.get() };
             provider_cb.attach_client(
                 binding,
-                &client_instance,
+                client_instance,
                 client_binding_context,
                 client_dispatch,
             )
@@ -603,37 +687,59 @@ impl Registrar {
         result
     }
 
+    /// What the detach and cleanup callbacks of binding `b` need, read under the lock. The
+    /// contexts are fixed once the binding is attached; the callbacks for good.
+    fn side_calls(r: &Registry, b: u32) -> SideCalls {
+        let bind = r.bindings.at(b);
+        let c = r.regs.at(bind.client);
+        let p = r.regs.at(bind.provider);
+        SideCalls {
+            binding: BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
+            sides: [
+                SideCall {
+                    reg: handle::encode(Kind::Client, r.regs.id_of(bind.client)),
+                    cb: c.callbacks.live(),
+                    ctx: bind.client_context,
+                },
+                SideCall {
+                    reg: handle::encode(Kind::Provider, r.regs.id_of(bind.provider)),
+                    cb: p.callbacks.live(),
+                    ctx: bind.provider_context,
+                },
+            ],
+        }
+    }
+
     /// Calls the detach callbacks of a binding that just entered `Detaching` (`both`), or
     /// only the provider's (a client that failed after attaching).
     fn run_detach(&self, b: u32, both: bool) {
+        let calls = Self::side_calls(&sync::lock(&self.inner.registry), b);
+        self.run_detach_with(b, both, &calls);
+    }
+
+    /// [`run_detach`](Self::run_detach) with the binding's [`side_calls`](Self::side_calls)
+    /// already read. Until this notifies a side, that side cannot finish detaching, so the
+    /// binding stays live (and `calls` valid) throughout.
+    fn run_detach_with(&self, b: u32, both: bool, calls: &SideCalls) {
         let sides: &[Side] = if both {
             &[Side::Client, Side::Provider]
         } else {
             &[Side::Provider]
         };
+        let bh = calls.binding;
         for &side in sides {
-            let (bh, reg, cb, ctx) = {
-                let guard = sync::lock(&self.inner.registry);
-                let bind = guard.bindings.at(b);
-                let bh = BindingHandle(handle::encode(Kind::Binding, guard.bindings.id_of(b)));
-                let (reg_index, ctx) = match side {
-                    Side::Client => (bind.client, bind.client_context),
-                    Side::Provider => (bind.provider, bind.provider_context),
-                };
-                let reg = guard.regs.at(reg_index);
-                let kind = reg.role.kind();
-                (
-                    bh,
-                    handle::encode(kind, guard.regs.id_of(reg_index)),
-                    reg.callbacks.clone(),
-                    ctx,
-                )
+            let SideCall { reg, cb, ctx } = match side {
+                Side::Client => calls.sides[0],
+                Side::Provider => calls.sides[1],
             };
             tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %bh, ?side,
                 registration = %RegistrationHandle(reg));
-            let status = invoke(reg, "detach", || match &cb {
-                Callbacks::Client(c) => c.detach_provider(ctx),
-                Callbacks::Provider(p) => p.detach_client(ctx),
+            let status = invoke(reg, "detach", || match cb {
+                // SAFETY: this side of binding `b` is being notified, so the binding cannot
+                // finish detaching and stays in its registrations' lists (see `live`).
+                LiveCallbacks::Client(c) => unsafe { c.get() }.detach_provider(ctx),
+                // SAFETY: as above.
+                LiveCallbacks::Provider(p) => unsafe { p.get() }.detach_client(ctx),
             })
             .unwrap_or(DetachStatus::Done);
             tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %bh, ?side,
@@ -647,43 +753,30 @@ impl Registrar {
                     .detach_returned(side, status == DetachStatus::Pending)
             };
             if next == Next::RunCleanups {
-                self.run_cleanups(b);
+                self.run_cleanups_with(b, calls);
             }
         }
     }
 
     fn run_cleanups(&self, b: u32) {
-        let (bh, calls) = {
-            let guard = sync::lock(&self.inner.registry);
-            let bind = guard.bindings.at(b);
-            let bh = BindingHandle(handle::encode(Kind::Binding, guard.bindings.id_of(b)));
-            let c = guard.regs.at(bind.client);
-            let p = guard.regs.at(bind.provider);
-            (
-                bh,
-                [
-                    (
-                        handle::encode(Kind::Client, guard.regs.id_of(bind.client)),
-                        c.callbacks.clone(),
-                        bind.client_context,
-                    ),
-                    (
-                        handle::encode(Kind::Provider, guard.regs.id_of(bind.provider)),
-                        p.callbacks.clone(),
-                        bind.provider_context,
-                    ),
-                ],
-            )
-        };
-        let (client_reg, provider_reg) = (calls[0].0, calls[1].0);
-        for (reg, cb, ctx) in calls {
-            invoke(reg, "cleanup", || match &cb {
-                Callbacks::Client(c) => c.cleanup_binding_context(ctx),
-                Callbacks::Provider(p) => p.cleanup_binding_context(ctx),
+        let calls = Self::side_calls(&sync::lock(&self.inner.registry), b);
+        self.run_cleanups_with(b, &calls);
+    }
+
+    /// Runs both cleanups of binding `b`, which just entered `CleaningUp` (so only this
+    /// thread touches it until it is retired below), and retires it.
+    fn run_cleanups_with(&self, b: u32, calls: &SideCalls) {
+        for &SideCall { reg, cb, ctx } in &calls.sides {
+            invoke(reg, "cleanup", || match cb {
+                // SAFETY: binding `b` is cleaning up and is retired only below, so it stays
+                // in its registrations' lists (see `live`).
+                LiveCallbacks::Client(c) => unsafe { c.get() }.cleanup_binding_context(ctx),
+                // SAFETY: as above.
+                LiveCallbacks::Provider(p) => unsafe { p.get() }.cleanup_binding_context(ctx),
             });
         }
-        tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %bh,
-            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg));
+        tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %calls.binding,
+            client = %RegistrationHandle(calls.sides[0].reg), provider = %RegistrationHandle(calls.sides[1].reg));
         let mut guard = sync::lock(&self.inner.registry);
         let r = &mut *guard;
         let gone = r.bindings.at_mut(b).machine.cleanups_returned();
@@ -764,7 +857,7 @@ impl Registrar {
     }
 
     fn deregister(&self, h: RegistrationHandle, role: Role) -> Result<(), Error> {
-        let mut to_detach: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
+        let mut to_detach: smallvec::SmallVec<[(u32, SideCalls); 2]> = smallvec::SmallVec::new();
         {
             let mut guard = sync::lock(&self.inner.registry);
             let r = &mut *guard;
@@ -791,13 +884,13 @@ impl Registrar {
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
                 if r.bindings.at_mut(b).machine.request_detach() == DetachRequest::NotifyBoth {
-                    to_detach.push(b);
+                    to_detach.push((b, Self::side_calls(r, b)));
                 }
             }
         }
         tracing::debug!(target: "nmr::lifecycle", event = "deregister", registration = %h, ?role, detaching = to_detach.len());
-        for b in to_detach {
-            self.run_detach(b, true);
+        for (b, calls) in &to_detach {
+            self.run_detach_with(*b, true, calls);
         }
         Ok(())
     }
