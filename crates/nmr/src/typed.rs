@@ -804,7 +804,9 @@ macro_rules! typed_registration {
         ///
         /// Deregistration consumes it; dropping it deregisters and waits.
         pub struct $name<N: Npi> {
-            registrar: Registrar,
+            /// Taken by deregistration (which consumes `self`), so it moves to the
+            /// [`Deregistration`] instead of being cloned.
+            registrar: Option<Registrar>,
             handle: RegistrationHandle,
             live: bool,
             _npi: PhantomData<fn() -> N>,
@@ -832,7 +834,7 @@ macro_rules! typed_registration {
                 instance.name = info.name;
                 let adapter = $adapter::<N, M> { module, registrar: registrar.clone(), _npi: PhantomData };
                 let handle = registrar.$reg(instance, Arc::new(adapter), |_| {})?;
-                Ok($name { registrar: registrar.clone(), handle, live: true, _npi: PhantomData })
+                Ok($name { registrar: Some(registrar.clone()), handle, live: true, _npi: PhantomData })
             }
 
             /// The registrar's handle.
@@ -844,11 +846,14 @@ macro_rules! typed_registration {
             /// Starts deregistration; detach callbacks may run inside this call.
             pub fn deregister(mut self) -> Deregistration {
                 self.live = false;
-                if let Err(e) = self.registrar.$dereg(self.handle) {
+                let Some(registrar) = self.registrar.take() else {
+                    unreachable!("only deregistration, which consumes the registration, takes the registrar")
+                };
+                if let Err(e) = registrar.$dereg(self.handle) {
                     tracing::error!(target: "nmr", handle = %self.handle, "deregistration failed: {e}");
                 }
                 Deregistration {
-                    registrar: self.registrar.clone(),
+                    registrar,
                     handle: self.handle,
                     role: crate::Role::$role,
                     done: false,
@@ -865,9 +870,12 @@ macro_rules! typed_registration {
             fn drop(&mut self) {
                 if self.live {
                     self.live = false;
-                    if self.registrar.$dereg(self.handle).is_ok() {
+                    let Some(registrar) = self.registrar.take() else {
+                        return;
+                    };
+                    if registrar.$dereg(self.handle).is_ok() {
                         drop(Deregistration {
-                            registrar: self.registrar.clone(),
+                            registrar,
                             handle: self.handle,
                             role: crate::Role::$role,
                             done: false,
