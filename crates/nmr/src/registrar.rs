@@ -941,8 +941,11 @@ impl Registrar {
                 return Ok(());
             }
         }
-        guard.regs.remove(id);
+        // Dropped after the lock: the last reference to a module's callbacks may run its
+        // destructor (foreign code), and the frees need not hold up other threads.
+        let reg = guard.regs.remove(id);
         drop(guard);
+        drop(reg);
         tracing::debug!(target: "nmr::lifecycle", event = "wait-complete", registration = %h, ?role);
         Ok(())
     }

@@ -555,15 +555,14 @@ impl Rundown {
         }
     }
 
-    /// Runs `on_drained`, once, whoever gets here first.
+    /// Runs `on_drained`, once, whoever gets here first. Every caller gets here only once
+    /// the drain is complete, so `fired` is set even when no callback is installed yet (see
+    /// [`close_deferred`](Self::close_deferred)).
     fn fire(&self) {
         let f = {
             let mut slot = sync::lock(&self.on_drained);
-            let f = slot.take();
-            if f.is_some() {
-                self.fired.store(true, Ordering::Release);
-            }
-            f
+            self.fired.store(true, Ordering::Release);
+            slot.take()
         };
         if let Some(f) = f {
             f();
@@ -665,13 +664,47 @@ impl Rundown {
         owner: Arc<dyn HoldsRundown>,
         on_drained: impl FnOnce() + Send + 'static,
     ) -> Option<DrainRef> {
+        self.close_with(owner, Some(Box::new(on_drained)))
+    }
+
+    /// [`close_in`](Self::close_in) with no drain callback yet: the caller either finds the
+    /// rundown [`drained`](Self::drained) or installs one with
+    /// [`set_on_drained`](Self::set_on_drained). Saves the callback (an allocation and what
+    /// it captures) when everything drains before the caller needs to know.
+    pub(crate) fn close_deferred(&self, owner: Arc<dyn HoldsRundown>) -> Option<DrainRef> {
+        self.close_with(owner, None)
+    }
+
+    /// Has the drain completed (`on_drained` ran, or would have)? Only after a close.
+    pub(crate) fn drained(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// After [`close_deferred`](Self::close_deferred): installs `on_drained` to run when the
+    /// drain completes, and returns `true`; or returns `false` (dropping `on_drained`
+    /// unrun) when the drain has completed already. Decided under the callback lock
+    /// `fire` takes, so exactly one of the two happens.
+    pub(crate) fn set_on_drained(&self, on_drained: impl FnOnce() + Send + 'static) -> bool {
+        let mut slot = sync::lock(&self.on_drained);
+        if self.fired.load(Ordering::Relaxed) {
+            return false;
+        }
+        *slot = Some(Box::new(on_drained));
+        true
+    }
+
+    fn close_with(
+        &self,
+        owner: Arc<dyn HoldsRundown>,
+        on_drained: Option<OnDrained>,
+    ) -> Option<DrainRef> {
         debug_assert!(std::ptr::eq(owner.rundown(), self));
         {
             let mut slot = sync::lock(&self.on_drained);
             if self.closed.load(Ordering::Relaxed) {
                 return None;
             }
-            *slot = Some(Box::new(on_drained));
+            *slot = on_drained;
             // Ordered for slot callers by the heavy barrier below (or, with no other thread
             // owning a record, by the records lock any newcomer takes first).
             self.closed.store(true, Ordering::Release);
@@ -832,6 +865,45 @@ mod tests {
             assert_eq!(fired.load(Ordering::SeqCst), 0);
             drop(d);
             assert_eq!(fired.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn a_deferred_callback_is_refused_after_the_drain_and_runs_once_before_it() {
+        for m in MODES {
+            // Drained inline: nothing to install, the caller is told so.
+            let r = rundown(m);
+            drop(
+                r.close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                    .unwrap(),
+            );
+            assert!(r.drained());
+            let (fired, f) = counter();
+            assert!(!r.set_on_drained(f));
+            assert_eq!(fired.load(Ordering::SeqCst), 0);
+
+            // A slot guard and an owned guard outlive the drain ref: the installed callback
+            // runs once, when the last of them goes.
+            let r = rundown(m);
+            let g1 = r.try_enter_owned().unwrap();
+            let g2 = r.try_enter().unwrap();
+            drop(
+                r.close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                    .unwrap(),
+            );
+            assert!(!r.drained());
+            let (fired, f) = counter();
+            assert!(r.set_on_drained(f));
+            drop(g2);
+            assert_eq!(fired.load(Ordering::SeqCst), 0);
+            assert!(!r.drained());
+            std::thread::spawn(move || drop(g1)).join().unwrap();
+            assert_eq!(fired.load(Ordering::SeqCst), 1);
+            assert!(r.drained());
+            assert!(
+                r.close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                    .is_none()
+            );
         }
     }
 

@@ -411,10 +411,11 @@ const PENDING: u8 = 3;
 
 /// Closes the binding's rundown, runs the module's detach hook with the hold, and reports
 /// done when everything drained before the hook returned, pending otherwise (then the drain
-/// callback completes the detach through the registrar).
-fn detach_side<D: ?Sized + Send + Sync + 'static>(
+/// callback, made by `make_complete` only on that path, completes the detach through the
+/// registrar).
+fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
     core: &Arc<BindingCore<D>>,
-    complete: impl FnOnce() + Send + 'static,
+    make_complete: impl FnOnce() -> F,
     hook: impl FnOnce(DetachHold),
 ) -> DetachStatus {
     if core
@@ -424,28 +425,39 @@ fn detach_side<D: ?Sized + Send + Sync + 'static>(
     {
         return DetachStatus::Done;
     }
-    // The callback holds the core until it runs (it is taken out and dropped when it fires).
-    let c2 = Arc::clone(core);
     let Some(drain) = core
         .rundown
-        .close_in(Arc::clone(core) as Arc<dyn HoldsRundown>, move || {
-            if c2
-                .detach_state
-                .compare_exchange(
-                    IN_DETACH,
-                    DRAINED_INLINE,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                complete();
-            }
-        })
+        .close_deferred(Arc::clone(core) as Arc<dyn HoldsRundown>)
     else {
         return DetachStatus::Done;
     };
     hook(DetachHold { _drain: drain });
+    // The common case: no call in flight and the hook let go of the hold, so the drain
+    // completed inline and no callback (allocation, clones) is needed.
+    if core.rundown.drained() {
+        return DetachStatus::Done;
+    }
+    // The callback holds the core until it runs (it is taken out and dropped when it fires).
+    let c2 = Arc::clone(core);
+    let complete = make_complete();
+    let installed = core.rundown.set_on_drained(move || {
+        if c2
+            .detach_state
+            .compare_exchange(
+                IN_DETACH,
+                DRAINED_INLINE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            complete();
+        }
+    });
+    if !installed {
+        // Drained between the check and the install.
+        return DetachStatus::Done;
+    }
     match core.detach_state.compare_exchange(
         IN_DETACH,
         PENDING,
@@ -625,13 +637,15 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
         let Some(binding) = b.binding.as_ref() else {
             return DetachStatus::Done;
         };
-        let registrar = self.registrar.clone();
         let handle = binding.handle();
         detach_side(
             &binding.core,
-            move || {
-                if let Err(e) = registrar.client_detach_provider_complete(handle) {
-                    tracing::error!(target: "nmr", %handle, "typed client detach completion failed: {e}");
+            || {
+                let registrar = self.registrar.clone();
+                move || {
+                    if let Err(e) = registrar.client_detach_provider_complete(handle) {
+                        tracing::error!(target: "nmr", %handle, "typed client detach completion failed: {e}");
+                    }
                 }
             },
             |hold| match b.ctx.as_ref() {
@@ -694,13 +708,15 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         // SAFETY: the registrar hands back the `ProviderSide` we stored; it lives until cleanup.
         let side =
             unsafe { raw::borrow::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
-        let registrar = self.registrar.clone();
         let handle = side.binding.handle();
         detach_side(
             &side.binding.core,
-            move || {
-                if let Err(e) = registrar.provider_detach_client_complete(handle) {
-                    tracing::error!(target: "nmr", %handle, "typed provider detach completion failed: {e}");
+            || {
+                let registrar = self.registrar.clone();
+                move || {
+                    if let Err(e) = registrar.provider_detach_client_complete(handle) {
+                        tracing::error!(target: "nmr", %handle, "typed provider detach completion failed: {e}");
+                    }
                 }
             },
             |hold| match side.ctx.as_ref() {
