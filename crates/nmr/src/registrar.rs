@@ -498,6 +498,9 @@ impl Registrar {
         publish: impl FnOnce(RegistrationHandle),
     ) -> Result<RegistrationHandle, Error> {
         let npi = instance.npi_id;
+        // What the register event shows, kept aside so the instance moves into the registry
+        // without an `Arc` clone (no atomic at all for a module without a name).
+        let (module_id, name) = (instance.module_id, instance.name.clone());
         let instance = Arc::new(instance);
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
         let handle = {
@@ -507,7 +510,7 @@ impl Registrar {
             let npi_pos = entry.list(role).len();
             let reg = Reg {
                 role,
-                instance: Arc::clone(&instance),
+                instance,
                 callbacks,
                 deregistering: false,
                 bindings: smallvec::SmallVec::new(),
@@ -553,7 +556,7 @@ impl Registrar {
             RegistrationHandle(handle::encode(role.kind(), id))
         };
         tracing::debug!(target: "nmr::lifecycle", event = "register", ?role, registration = %handle,
-            module = %instance.display_name(), npi = %npi, peers = new_bindings.len());
+            module = %name.as_deref().map_or_else(|| module_id.to_string(), str::to_owned), npi = %npi, peers = new_bindings.len());
         publish(handle);
         for b in new_bindings {
             self.run_attach(b);
