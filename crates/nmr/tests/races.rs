@@ -84,7 +84,7 @@ fn race_an_attach_fails_in_every_way_and_leaves_no_binding() {
         &log,
         &r,
         Box::new(|_, _, _, _| Err(Status::NOINTERFACE)),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     )
     .register(instance(NPI, 1, 0, "decline"));
     let ph_error = TestProvider::custom(
@@ -92,7 +92,7 @@ fn race_an_attach_fails_in_every_way_and_leaves_no_binding() {
         &log,
         &r,
         Box::new(|_, _, _, _| Err(Status::INSUFFICIENT_RESOURCES)),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     )
     .register(instance(NPI, 2, 0, "error"));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -108,13 +108,11 @@ fn race_an_attach_fails_in_every_way_and_leaves_no_binding() {
                 ctx(1),
             );
             assert!(bogus.is_err(), "a wrong binding handle cannot attach");
-            let s = r
-                .client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS);
+            let s = status_of(r.client_attach_provider(b, ctx(1), ctx(1)));
             s2.lock().unwrap().push((p.display_name(), s));
             s
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ch = c.register(instance(NPI, 3, 0, "c"));
     let declining = TestClient::custom(
@@ -122,7 +120,7 @@ fn race_an_attach_fails_in_every_way_and_leaves_no_binding() {
         &log,
         &r,
         Box::new(|_, _, _| Status::NOINTERFACE),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let dh = declining.register(instance(NPI, 4, 0, "declining"));
     let mut got = seen.lock().unwrap().clone();
@@ -164,8 +162,7 @@ fn race_complete_arrives_before_the_callback_returns_pending() {
             &r,
             Box::new(move |r, bh, _| {
                 *b2.lock().unwrap() = Some(bh);
-                r.client_attach_provider(bh, ctx(1), ctx(1))
-                    .map_or_else(|s| s, |_| Status::SUCCESS)
+                status_of(r.client_attach_provider(bh, ctx(1), ctx(1)))
             }),
             Box::new(move |_, _| {
                 go2.wait(); // let the completer run while we are still "notifying"
