@@ -45,7 +45,7 @@ fn g1_a_declined_pair_is_not_offered_again() {
         &log,
         &r,
         Box::new(|_, _, _| Status::NOINTERFACE),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let p1 = TestProvider::accepting("p1", &log, &r, 1, 1);
     let ch = c.register(instance(NPI, 1, 0, "c"));
@@ -90,7 +90,7 @@ fn g2_a_deregistering_registration_gets_no_new_attach() {
         &log,
         &r,
         Box::new(|_, _, _, _| Ok(Default::default())),
-        Box::new(|_, _| DetachStatus::Pending),
+        answer(DetachStatus::Pending),
     );
     let c1 = TestClient::accepting("c1", &log, &r, 1, 1);
     let ph = p.register(instance(NPI, 1, 0, "p"));
@@ -140,13 +140,11 @@ fn g3_provider_attach_runs_nested_inside_client_attach_on_the_same_thread() {
         &r,
         Box::new(move |r, b, _| {
             i1.store(true, Ordering::SeqCst);
-            let s = r
-                .client_attach_provider(b, ctx(1), ctx(2))
-                .map_or_else(|s| s, |_| Status::SUCCESS);
+            let s = status_of(r.client_attach_provider(b, ctx(1), ctx(2)));
             i1.store(false, Ordering::SeqCst);
             s
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let i2 = Arc::clone(&inside);
     let p = TestProvider::custom(
@@ -157,7 +155,7 @@ fn g3_provider_attach_runs_nested_inside_client_attach_on_the_same_thread() {
             s1.store(i2.load(Ordering::SeqCst), Ordering::SeqCst);
             Ok(Default::default())
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -193,11 +191,8 @@ fn g4_detach_is_called_once_per_side_when_both_sides_deregister() {
         "c",
         &log,
         &r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
-        Box::new(|_, _| DetachStatus::Pending),
+        attach_with(1, 1),
+        answer(DetachStatus::Pending),
     );
     let p = TestProvider::accepting("p", &log, &r, 2, 2);
     let ph = p.register(instance(NPI, 1, 0, "p"));
@@ -255,9 +250,7 @@ fn g5_no_detach_before_attach_returns_and_the_late_comer_is_detached_inside_regi
         &log,
         &r,
         Box::new(move |r, b, _| {
-            let s = r
-                .client_attach_provider(b, ctx(5), ctx(6))
-                .map_or_else(|s| s, |_| Status::SUCCESS);
+            let s = status_of(r.client_attach_provider(b, ctx(5), ctx(6)));
             r.deregister_provider(ph).unwrap();
             assert_eq!(
                 log2.count(is_client_detach) + log2.count(is_provider_detach),
@@ -267,7 +260,7 @@ fn g5_no_detach_before_attach_returns_and_the_late_comer_is_detached_inside_regi
             log2.mark("attach returns");
             s
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ch = c.register(instance(NPI, 2, 0, "c"));
     log.mark("register returned");
@@ -328,18 +321,15 @@ fn g6_cleanup_runs_only_after_both_sides_are_done() {
         "c",
         &log,
         &r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
-        Box::new(|_, _| DetachStatus::Pending),
+        attach_with(1, 1),
+        answer(DetachStatus::Pending),
     );
     let p = TestProvider::custom(
         "p",
         &log,
         &r,
         Box::new(|_, _, _, _| Ok(Default::default())),
-        Box::new(|_, _| DetachStatus::Pending),
+        answer(DetachStatus::Pending),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -369,7 +359,7 @@ fn g7_wait_returns_only_after_every_cleanup_of_the_registration() {
         &log,
         &r,
         Box::new(|_, _, _, _| Ok(Default::default())),
-        Box::new(|_, _| DetachStatus::Pending),
+        answer(DetachStatus::Pending),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let clients: Vec<_> = (0..3)
@@ -427,10 +417,7 @@ fn g8_bindings_are_independent_and_there_is_one_per_pair() {
         "c",
         &log,
         &r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
+        attach_with(1, 1),
         Box::new(move |_, _| {
             d2.fetch_add(1, Ordering::SeqCst);
             DetachStatus::Done

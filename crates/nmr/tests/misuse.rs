@@ -10,16 +10,7 @@ fn attached_pair(
     log: &Arc<Log>,
     client_detach: DetachStatus,
 ) -> (Arc<TestClient>, RegistrationHandle, RegistrationHandle) {
-    let c = TestClient::custom(
-        "c",
-        log,
-        r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
-        Box::new(move |_, _| client_detach),
-    );
+    let c = TestClient::custom("c", log, r, attach_with(1, 1), answer(client_detach));
     let ph = TestProvider::accepting("p", log, r, 2, 2).register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
     (c, ch, ph)
@@ -172,18 +163,15 @@ fn completing_twice_while_the_other_side_is_pending_is_an_error() {
         "c",
         &log,
         &r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
-        Box::new(|_, _| DetachStatus::Pending),
+        attach_with(1, 1),
+        answer(DetachStatus::Pending),
     );
     let ph = TestProvider::custom(
         "p",
         &log,
         &r,
         Box::new(|_, _, _, _| Ok(Default::default())),
-        Box::new(|_, _| DetachStatus::Pending),
+        answer(DetachStatus::Pending),
     )
     .register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -213,13 +201,11 @@ fn attaching_outside_the_attach_callback_or_after_success_is_rejected() {
         &log,
         &r,
         Box::new(move |r, b, _| {
-            let s = r
-                .client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS);
+            let s = status_of(r.client_attach_provider(b, ctx(1), ctx(1)));
             *s2.lock().unwrap() = Some(r.client_attach_provider(b, ctx(1), ctx(1)).err());
             s
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ph = TestProvider::accepting("p", &log, &r, 1, 1).register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -261,10 +247,7 @@ fn waiting_inside_an_own_callback_is_an_error_not_a_deadlock() {
             "c",
             &log,
             &r,
-            Box::new(|r, b, _| {
-                r.client_attach_provider(b, ctx(1), ctx(1))
-                    .map_or_else(|s| s, |_| Status::SUCCESS)
-            }),
+            attach_with(1, 1),
             Box::new(move |r, _| {
                 let h = me2.lock().unwrap().unwrap();
                 *res2.lock().unwrap() = Some(r.wait_for_client_deregister_complete(h));
@@ -296,7 +279,7 @@ fn panicking_callbacks_leave_the_registrar_consistent() {
             &log,
             &r,
             Box::new(|_, _, _| panic!("attach boom")),
-            Box::new(|_, _| DetachStatus::Done),
+            answer(DetachStatus::Done),
         );
         // A client that attaches and then panics: provider detached, both cleaned up.
         let bad_after = TestClient::custom(
@@ -307,17 +290,14 @@ fn panicking_callbacks_leave_the_registrar_consistent() {
                 r.client_attach_provider(b, ctx(1), ctx(1)).unwrap();
                 panic!("after attach boom")
             }),
-            Box::new(|_, _| DetachStatus::Done),
+            answer(DetachStatus::Done),
         );
         // A client whose detach panics: treated as done.
         let bad_detach = TestClient::custom(
             "bad-detach",
             &log,
             &r,
-            Box::new(|r, b, _| {
-                r.client_attach_provider(b, ctx(1), ctx(1))
-                    .map_or_else(|s| s, |_| Status::SUCCESS)
-            }),
+            attach_with(1, 1),
             Box::new(|_, _| panic!("detach boom")),
         );
         let good = TestClient::accepting("good", &log, &r, 1, 1);

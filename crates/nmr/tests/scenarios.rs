@@ -65,7 +65,7 @@ fn attach_exchanges_contexts_and_dispatches_both_ways_in_either_order() {
                     Err(s) => s,
                 },
             ),
-            Box::new(|_, _| DetachStatus::Done),
+            answer(DetachStatus::Done),
         );
         let p = TestProvider::accepting("p", &log, &r, 0xC2, 0xD2);
         let (ph, ch) = if provider_first {
@@ -129,10 +129,7 @@ fn when_one_side_pends_both_detaches_are_called_and_cleanup_waits_for_completion
             "c",
             &log,
             &r,
-            Box::new(|r, b, _| {
-                r.client_attach_provider(b, ctx(1), ctx(1))
-                    .map_or_else(|s| s, |_| Status::SUCCESS)
-            }),
+            attach_with(1, 1),
             pend(pending_side_is_client),
         );
         let p = TestProvider::custom(
@@ -233,7 +230,7 @@ fn cleanup_runs_inside_the_completion_call() {
                 dispatch: ctx(3),
             })
         }),
-        Box::new(|_, _| DetachStatus::Pending),
+        answer(DetachStatus::Pending),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -318,10 +315,9 @@ fn refusal_by_module_id_number_or_characteristics_leaves_no_binding() {
             if p.module_id != module(2) || p.number != 7 || !chars_ok {
                 return Status::NOINTERFACE;
             }
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
+            status_of(r.client_attach_provider(b, ctx(1), ctx(1)))
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ch = c.register(instance(NPI, 1, 0, "picky"));
     let chars = |s: &'static str| -> Arc<dyn Any + Send + Sync> { Arc::new(s) };
@@ -360,7 +356,7 @@ fn a_provider_refusal_reaches_the_client_and_a_retry_with_another_dispatch_can_s
                 Err(Status::NOINTERFACE)
             }
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = Arc::clone(&seen);
@@ -371,10 +367,9 @@ fn a_provider_refusal_reaches_the_client_and_a_retry_with_another_dispatch_can_s
         Box::new(move |r, b, _| {
             let first = r.client_attach_provider(b, ctx(1), ctx(3));
             s2.lock().unwrap().push(first.err());
-            r.client_attach_provider(b, ctx(1), ctx(2))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
+            status_of(r.client_attach_provider(b, ctx(1), ctx(2)))
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -405,10 +400,9 @@ fn a_single_binding_client_refuses_a_second_provider() {
                 c2.fetch_sub(1, Ordering::SeqCst);
                 return Status::NOINTERFACE;
             }
-            r.client_attach_provider(b, ctx(1), Context::NULL)
-                .map_or_else(|s| s, |_| Status::SUCCESS)
+            status_of(r.client_attach_provider(b, ctx(1), Context::NULL))
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ch = c.register(instance(NPI, 1, 0, "single"));
     let p1 = TestProvider::accepting("p1", &log, &r, 1, 1).register(instance(NPI, 2, 0, "p1"));
@@ -433,16 +427,14 @@ fn a_client_can_wait_with_a_timeout_for_a_provider_that_arrives_later() {
         &log,
         &r,
         Box::new(move |r, b, _| {
-            let s = r
-                .client_attach_provider(b, ctx(1), Context::NULL)
-                .map_or_else(|s| s, |_| Status::SUCCESS);
+            let s = status_of(r.client_attach_provider(b, ctx(1), Context::NULL));
             if s == Status::SUCCESS {
                 *e2.0.lock().unwrap() = true;
                 e2.1.notify_all();
             }
             s
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ch = c.register(instance(NPI, 1, 0, "waiter"));
     // Nothing yet: a short wait times out.
@@ -506,7 +498,7 @@ fn a_client_failing_after_a_successful_attach_gets_the_provider_detached_and_bot
             r.client_attach_provider(b, ctx(1), ctx(1)).unwrap();
             Status::INSUFFICIENT_RESOURCES
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let p = TestProvider::accepting("p", &log, &r, 2, 2);
     let ph = p.register(instance(NPI, 1, 0, "p"));
@@ -536,7 +528,7 @@ fn a_client_refusing_or_failing_before_attaching_gets_no_cleanup() {
             &log,
             &r,
             Box::new(move |_, _, _| status),
-            Box::new(|_, _| DetachStatus::Done),
+            answer(DetachStatus::Done),
         );
         let p = TestProvider::accepting("p", &log, &r, 2, 2);
         let ph = p.register(instance(NPI, 1, 0, "p"));
@@ -561,7 +553,7 @@ fn a_provider_declining_leaves_the_client_to_free_its_own_context() {
         &log,
         &r,
         Box::new(|_, _, _, _| Err(Status::NOINTERFACE)),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let ph = p.register(instance(NPI, 1, 0, "p"));
     let ch = c.register(instance(NPI, 2, 0, "c"));
@@ -688,10 +680,9 @@ fn the_handle_is_published_before_attach_callbacks_run() {
         &r,
         Box::new(move |r, b, _| {
             *seen2.lock().unwrap() = *s2.lock().unwrap();
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
+            status_of(r.client_attach_provider(b, ctx(1), ctx(1)))
         }),
-        Box::new(|_, _| DetachStatus::Done),
+        answer(DetachStatus::Done),
     );
     let s3 = Arc::clone(&slot);
     let ch = r
@@ -712,11 +703,8 @@ fn the_snapshot_lists_registrations_and_bindings_with_their_states() {
         "c",
         &log,
         &r,
-        Box::new(|r, b, _| {
-            r.client_attach_provider(b, ctx(1), ctx(1))
-                .map_or_else(|s| s, |_| Status::SUCCESS)
-        }),
-        Box::new(|_, _| DetachStatus::Pending),
+        attach_with(1, 1),
+        answer(DetachStatus::Pending),
     );
     let ph = TestProvider::accepting("prov", &log, &r, 1, 1).register(instance(NPI, 1, 0, "prov"));
     let ch = c.register(instance(NPI, 2, 0, "cli"));

@@ -114,6 +114,21 @@ pub type ProviderAttachFn = dyn Fn(BindingHandle, &RegistrationInstance, Context
     + Sync;
 pub type DetachFn = dyn Fn(&Registrar, Context) -> DetachStatus + Send + Sync;
 
+/// `NmrClientAttachProvider`'s result as the status `ClientAttachProvider` returns.
+pub fn status_of<T>(r: Result<T, Status>) -> Status {
+    r.map_or_else(|s| s, |_| Status::SUCCESS)
+}
+
+/// An attach that accepts with these client context and dispatch values.
+pub fn attach_with(client_ctx: usize, dispatch: usize) -> Box<AttachFn> {
+    Box::new(move |r, b, _| status_of(r.client_attach_provider(b, ctx(client_ctx), ctx(dispatch))))
+}
+
+/// A detach that always answers `status`.
+pub fn answer(status: DetachStatus) -> Box<DetachFn> {
+    Box::new(move |_, _| status)
+}
+
 /// A client whose attach offers `ctx`/`dispatch` and records the binding.
 pub struct TestClient {
     pub name: &'static str,
