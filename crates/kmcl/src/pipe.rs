@@ -8,6 +8,17 @@
 //! the two-thread benchmarks measure, and a building block for code that wants the ring's
 //! wire format without the channel machinery.
 //!
+//! # Batching
+//!
+//! Publishing costs a full fence and moves the control page's cache line (which holds both
+//! indices) to the writer's core, so by default the writer publishes like a buffered writer:
+//! once the packets written since the last publication fill [`AUTO_PUBLISH_BYTES`] of ring
+//! space (or an eighth of a smaller ring), whenever the ring is full, on
+//! [`PipeWriter::flush`], and when the writer is dropped. A writer that stops sending
+//! without dropping must call `flush` for the reader to see the last packets;
+//! [`PipeWriter::set_batch`]`(1)` publishes every packet instead. The reader likewise
+//! releases ring space in batches of about the same size (and always before it waits).
+//!
 //! ```
 //! let (mut tx, mut rx) = kmcl::pipe::pipe(4).unwrap();
 //! let t = std::thread::spawn(move || {
@@ -30,12 +41,18 @@ use crossbeam_utils::Backoff;
 
 use crate::Error;
 use crate::event::{Event, GONE, SIGNAL};
-use crate::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND, packet_len};
-use crate::shmem::RingView;
+use crate::ring::{
+    IncomingRing, OutgoingRing, PacketHeader, TRAILER_LEN, TYPE_IN_BAND, packet_len,
+};
+use crate::shmem::{PAGE_SIZE, RingView};
 
-/// The reader releases ring space at least every this many packets (and every eighth of
-/// the ring).
-const READ_COMMIT_EVERY: u32 = 16;
+/// With automatic batching (the default), the writer publishes once the unpublished packets
+/// take this many ring bytes (or an eighth of the ring, if that is less).
+pub const AUTO_PUBLISH_BYTES: u32 = 4096;
+
+/// The reader releases ring space once it has read this many bytes (or an eighth of the
+/// ring, if that is less), and before it waits.
+const RELEASE_BYTES: u32 = 4096;
 
 /// The sending end.
 #[derive(Debug)]
@@ -43,8 +60,11 @@ pub struct PipeWriter {
     ring: OutgoingRing<RingView>,
     to_reader: Arc<Event>,
     from_reader: Arc<Event>,
+    /// Publish every `batch` packets; 0 = by bytes (`auto_bytes`).
     batch: u32,
+    auto_bytes: u32,
     pending: u32,
+    pending_bytes: u32,
     signals: u64,
 }
 
@@ -55,8 +75,8 @@ pub struct PipeReader {
     to_writer: Arc<Event>,
     from_writer: Arc<Event>,
     buf: Vec<u8>,
-    unreleased: u32,
-    unreleased_bytes: usize,
+    release_bytes: u32,
+    unreleased_bytes: u32,
     signals: u64,
 }
 
@@ -65,13 +85,16 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
     let view = RingView::heap(data_pages)?;
     let to_reader = Arc::new(Event::new());
     let to_writer = Arc::new(Event::new());
+    let eighth = (data_pages as usize * PAGE_SIZE / 8) as u32;
     Ok((
         PipeWriter {
             ring: OutgoingRing::new(view.clone())?,
             to_reader: to_reader.clone(),
             from_reader: to_writer.clone(),
-            batch: 1,
+            batch: 0,
+            auto_bytes: AUTO_PUBLISH_BYTES.min(eighth),
             pending: 0,
+            pending_bytes: 0,
             signals: 0,
         },
         PipeReader {
@@ -79,7 +102,7 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             to_writer,
             from_writer: to_reader,
             buf: Vec::new(),
-            unreleased: 0,
+            release_bytes: RELEASE_BYTES.min(eighth),
             unreleased_bytes: 0,
             signals: 0,
         },
@@ -87,10 +110,12 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
 }
 
 impl PipeWriter {
-    /// Publish every `n` packets (default 1) instead of after each; [`PipeWriter::flush`]
-    /// publishes the rest. Larger batches mean fewer index stores and signals.
+    /// Publish every `n` packets (1 = after each) instead of by bytes; 0 restores the
+    /// default, automatic batching (see the [module documentation](self)). Either way
+    /// [`PipeWriter::flush`] publishes the rest. Larger batches mean fewer index stores,
+    /// fences and signals.
     pub fn set_batch(&mut self, n: u32) {
-        self.batch = n.max(1);
+        self.batch = n;
     }
 
     /// Sends one packet, blocking while the ring is full.
@@ -106,7 +131,13 @@ impl PipeWriter {
         'retry: loop {
             if self.ring.try_write(header, &ext, payload)? {
                 self.pending += 1;
-                if self.pending >= self.batch {
+                self.pending_bytes = self.pending_bytes.saturating_add(needed);
+                let due = if self.batch == 0 {
+                    self.pending_bytes >= self.auto_bytes
+                } else {
+                    self.pending >= self.batch
+                };
+                if due {
                     self.flush()?;
                 }
                 return Ok(());
@@ -134,6 +165,7 @@ impl PipeWriter {
     /// Publishes every packet written so far.
     pub fn flush(&mut self) -> Result<(), Error> {
         self.pending = 0;
+        self.pending_bytes = 0;
         if self.ring.commit()? {
             self.signals += 1;
             self.to_reader.raise(SIGNAL);
@@ -181,11 +213,10 @@ impl PipeReader {
                 }
             }
         };
-        self.unreleased += 1;
-        self.unreleased_bytes += info.payload.end + 8;
-        if self.unreleased >= READ_COMMIT_EVERY
-            || self.unreleased_bytes >= self.ring.size() as usize / 8
-        {
+        self.unreleased_bytes = self
+            .unreleased_bytes
+            .saturating_add((info.payload.end + TRAILER_LEN) as u32);
+        if self.unreleased_bytes >= self.release_bytes {
             self.release()?;
         }
         let p = &self.buf[info.payload.clone()];
@@ -203,7 +234,6 @@ impl PipeReader {
     }
 
     fn release(&mut self) -> Result<(), Error> {
-        self.unreleased = 0;
         self.unreleased_bytes = 0;
         if self.ring.commit_read()? {
             self.signals += 1;

@@ -69,6 +69,9 @@ pub const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 pub const DESCRIPTOR_LEN: usize = 16;
 /// Size of the packet trailer.
 pub const TRAILER_LEN: usize = 8;
+/// Packets up to this many ring bytes are assembled (producer) and copied out (consumer)
+/// with a single copy.
+const SMALL_PACKET: usize = 256;
 
 /// Total ring bytes a packet takes: descriptor, extra header, padded payload and trailer.
 /// `None` if it cannot be expressed (`len8` is a `u16`).
@@ -315,7 +318,7 @@ impl<M: RingMemory> OutgoingRing<M> {
 
     /// Reads `read_index` once and validates it: aligned, in range, and not past published data.
     fn refresh_read(&mut self) -> Result<(), Error> {
-        let r = self.mem.load(ControlWord::ReadIndex, Ordering::SeqCst);
+        let r = self.mem.load(ControlWord::ReadIndex, Ordering::Acquire);
         if !valid_index(r, self.size)
             || dist(self.read_cache, r, self.size)
                 > dist(self.read_cache, self.committed, self.size)
@@ -361,23 +364,31 @@ impl<M: RingMemory> OutgoingRing<M> {
         let start = self.tail;
         let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
         let len8 = ((total as usize - TRAILER_LEN) / 8) as u16;
-        let mut head = [0u8; 48];
-        head[0..2].copy_from_slice(&header.packet_type.to_le_bytes());
-        head[2..4].copy_from_slice(&offset8.to_le_bytes());
-        head[4..6].copy_from_slice(&len8.to_le_bytes());
-        head[6..8].copy_from_slice(&header.flags.to_le_bytes());
-        head[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
-        let mut off = if ext.len() <= 32 {
-            head[16..16 + ext.len()].copy_from_slice(ext);
-            write_wrapped(&self.mem, self.size, start, &head[..16 + ext.len()])
-        } else {
-            let o = write_wrapped(&self.mem, self.size, start, &head[..16]);
-            write_wrapped(&self.mem, self.size, o, ext)
-        };
+        let mut desc = [0u8; DESCRIPTOR_LEN];
+        desc[0..2].copy_from_slice(&header.packet_type.to_le_bytes());
+        desc[2..4].copy_from_slice(&offset8.to_le_bytes());
+        desc[4..6].copy_from_slice(&len8.to_le_bytes());
+        desc[6..8].copy_from_slice(&header.flags.to_le_bytes());
+        desc[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
+        let trailer = (u64::from(start) << 32).to_le_bytes();
+        let total = total as usize;
+        if total <= SMALL_PACKET {
+            // Small packets: assemble privately, then one copy into the ring.
+            let mut pkt = [0u8; SMALL_PACKET];
+            let p = DESCRIPTOR_LEN + ext.len();
+            pkt[..DESCRIPTOR_LEN].copy_from_slice(&desc);
+            pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
+            pkt[p..p + payload.len()].copy_from_slice(payload);
+            pkt[total - TRAILER_LEN..total].copy_from_slice(&trailer);
+            self.tail = write_wrapped(&self.mem, self.size, start, &pkt[..total]);
+            return Ok(true);
+        }
+        let mut off = write_wrapped(&self.mem, self.size, start, &desc);
+        off = write_wrapped(&self.mem, self.size, off, ext);
         off = write_wrapped(&self.mem, self.size, off, payload);
         let pad = payload.len().next_multiple_of(8) - payload.len();
         let mut tail = [0u8; 16];
-        tail[pad..pad + 8].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
+        tail[pad..pad + 8].copy_from_slice(&trailer);
         self.tail = write_wrapped(&self.mem, self.size, off, &tail[..pad + 8]);
         Ok(true)
     }
@@ -401,14 +412,16 @@ impl<M: RingMemory> OutgoingRing<M> {
             return Ok(false);
         }
         let old = self.committed;
+        // Release: the packet bytes are visible before the index that publishes them. The
+        // fence orders this store before the mask load (Dekker with `IncomingRing::arm`).
         self.mem
-            .store(ControlWord::WriteIndex, self.tail, Ordering::SeqCst);
+            .store(ControlWord::WriteIndex, self.tail, Ordering::Release);
         self.committed = self.tail;
         fence(Ordering::SeqCst);
-        if self.mem.load(ControlWord::InterruptMask, Ordering::SeqCst) != 0 {
+        if self.mem.load(ControlWord::InterruptMask, Ordering::Relaxed) != 0 {
             return Ok(false);
         }
-        let r = self.mem.load(ControlWord::ReadIndex, Ordering::SeqCst);
+        let r = self.mem.load(ControlWord::ReadIndex, Ordering::Acquire);
         if !valid_index(r, self.size)
             || dist(self.read_cache, r, self.size)
                 > dist(self.read_cache, self.committed, self.size)
@@ -427,7 +440,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         self.check()?;
         let needed = needed.next_multiple_of(8).min(self.max_packet_len());
         self.mem
-            .store(ControlWord::PendingSendSize, needed, Ordering::SeqCst);
+            .store(ControlWord::PendingSendSize, needed, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         self.refresh_read()?;
         if self.free_cached() >= needed {
@@ -502,7 +515,7 @@ impl<M: RingMemory> IncomingRing<M> {
     }
 
     fn load_write_index(&mut self) -> Result<u32, Error> {
-        let w = self.mem.load(ControlWord::WriteIndex, Ordering::SeqCst);
+        let w = self.mem.load(ControlWord::WriteIndex, Ordering::Acquire);
         if !valid_index(w, self.size) {
             return Err(self.corrupt(Corruption::WriteIndex(w)));
         }
@@ -523,12 +536,14 @@ impl<M: RingMemory> IncomingRing<M> {
         if avail < DESCRIPTOR_LEN + TRAILER_LEN {
             return Err(self.corrupt(Corruption::Truncated));
         }
-        // Read the descriptor once, into the private buffer; every check below and every
-        // later use reads this copy, never shared memory.
-        if buf.len() < DESCRIPTOR_LEN {
-            buf.resize(DESCRIPTOR_LEN, 0);
+        // Copy the descriptor, and for small packets the whole packet (and perhaps some of
+        // the next one: every byte before `limit` is published), into the private buffer with
+        // one copy. Every check below and every later use reads this copy, never shared memory.
+        let first = avail.min(SMALL_PACKET);
+        if buf.len() < first {
+            buf.resize(first, 0);
         }
-        let after_desc = read_wrapped(&self.mem, self.size, self.head, &mut buf[..DESCRIPTOR_LEN]);
+        read_wrapped(&self.mem, self.size, self.head, &mut buf[..first]);
         let mut desc = [0u8; DESCRIPTOR_LEN];
         desc.copy_from_slice(&buf[..DESCRIPTOR_LEN]);
         let ty = u16::from_le_bytes([desc[0], desc[1]]);
@@ -553,11 +568,15 @@ impl<M: RingMemory> IncomingRing<M> {
             return Err(self.corrupt(Corruption::PacketType(ty)));
         }
         // Copy the rest of the packet (and its trailer) out once; validate only the copy.
-        if buf.len() < len + TRAILER_LEN {
-            buf.resize(len + TRAILER_LEN, 0);
+        let end = len + TRAILER_LEN;
+        if end > first {
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            let from = wrap_add(self.head, first, self.size);
+            read_wrapped(&self.mem, self.size, from, &mut buf[first..end]);
         }
-        let rest = &mut buf[DESCRIPTOR_LEN..len + TRAILER_LEN];
-        let next = read_wrapped(&self.mem, self.size, after_desc, rest);
+        let next = wrap_add(self.head, end, self.size);
         let mut t = [0u8; 8];
         t.copy_from_slice(&buf[len..len + TRAILER_LEN]);
         if (u64::from_le_bytes(t) >> 32) as u32 != self.head {
@@ -602,13 +621,16 @@ impl<M: RingMemory> IncomingRing<M> {
             return Ok(false);
         }
         let old = self.committed;
+        // Release: our copies out of the released bytes happen before the producer reuses
+        // them. The fence orders this store before the `pending_send_size` load (Dekker with
+        // `OutgoingRing::request_space`).
         self.mem
-            .store(ControlWord::ReadIndex, self.head, Ordering::SeqCst);
+            .store(ControlWord::ReadIndex, self.head, Ordering::Release);
         self.committed = self.head;
         fence(Ordering::SeqCst);
         let pending = self
             .mem
-            .load(ControlWord::PendingSendSize, Ordering::SeqCst)
+            .load(ControlWord::PendingSendSize, Ordering::Relaxed)
             & !7;
         if pending == 0 {
             return Ok(false);
@@ -626,7 +648,7 @@ impl<M: RingMemory> IncomingRing<M> {
         self.mem.store(
             ControlWord::InterruptMask,
             u32::from(masked),
-            Ordering::SeqCst,
+            Ordering::Relaxed,
         );
     }
 
