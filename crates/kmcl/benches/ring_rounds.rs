@@ -162,6 +162,9 @@ fn main() {
         ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, None))),
         ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, None))),
     ];
+    // `small` or `large` as an argument runs only that half.
+    let only_small = std::env::args().any(|a| a == "small");
+    let only_large = std::env::args().any(|a| a == "large");
     for (title, set, unit, per) in [
         (
             "64-byte packets, two threads",
@@ -176,6 +179,11 @@ fn main() {
             (LARGE_N as f64) * (LARGE as f64) / (1u64 << 30) as f64,
         ),
     ] {
+        if (only_small && set.len() == large.len() && title.starts_with("64 KiB"))
+            || (only_large && title.starts_with("64-byte"))
+        {
+            continue;
+        }
         // Warm-up round, not counted.
         for (_, f) in set.iter() {
             f();

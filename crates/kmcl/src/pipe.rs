@@ -8,15 +8,25 @@
 //! the two-thread benchmarks measure, and a building block for code that wants the ring's
 //! wire format without the channel machinery.
 //!
+//! Every packet is in-band (type 6). The ring pads payloads to 8 bytes, so a payload whose
+//! length is not a multiple of 8 is preceded by an 8-byte header (the length as a
+//! little-endian `u32`, then 4 zero bytes) in the descriptor's type-specific area; a payload
+//! of a multiple of 8 bytes has none.
+//!
 //! # Batching
 //!
-//! Publishing costs a full fence and moves the control page's cache line (which holds both
-//! indices) to the writer's core, so by default the writer publishes like a buffered writer:
+//! Publishing with a possible signal costs a full fence (the store/fence/load handshake
+//! with a reader going to sleep) and moves the control page's cache line (which holds both
+//! indices) to the writer's core, so by default the writer behaves like a buffered writer:
 //! once the packets written since the last publication fill [`AUTO_PUBLISH_BYTES`] of ring
-//! space (or an eighth of a smaller ring), whenever the ring is full, on
+//! space (or an eighth of a smaller ring) it publishes them with a plain release store
+//! ([`OutgoingRing::publish_unsignalled`](crate::ring::OutgoingRing::publish_unsignalled):
+//! a reader that is polling sees them at once, a sleeping one is not woken), unless the
+//! reader's `interrupt_mask` (read without a fence) says it is going to sleep; it commits
+//! with the fence and the signal check in that case, whenever the ring is full, on
 //! [`PipeWriter::flush`], and when the writer is dropped. A writer that stops sending
-//! without dropping must call `flush` for the reader to see the last packets;
-//! [`PipeWriter::set_batch`]`(1)` publishes every packet instead. The reader likewise
+//! without dropping must call `flush` for a sleeping reader to get the last packets;
+//! [`PipeWriter::set_batch`]`(n)` instead commits (fenced, signalling) every `n` packets. The reader likewise
 //! releases ring space in batches of about the same size (and always before it waits).
 //!
 //! ```
@@ -42,7 +52,8 @@ use crossbeam_utils::Backoff;
 use crate::Error;
 use crate::event::{Event, GONE, SIGNAL};
 use crate::ring::{
-    IncomingRing, OutgoingRing, PacketHeader, TRAILER_LEN, TYPE_IN_BAND, packet_len,
+    DESCRIPTOR_LEN, IncomingRing, OutgoingRing, PacketHeader, Staging, TRAILER_LEN, TYPE_IN_BAND,
+    packet_len,
 };
 use crate::shmem::{PAGE_SIZE, RingView};
 
@@ -74,7 +85,7 @@ pub struct PipeReader {
     ring: IncomingRing<RingView>,
     to_writer: Arc<Event>,
     from_writer: Arc<Event>,
-    buf: Vec<u8>,
+    stage: Staging,
     release_bytes: u32,
     unreleased_bytes: u32,
     signals: u64,
@@ -101,7 +112,7 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             ring: IncomingRing::new(view)?,
             to_writer,
             from_writer: to_reader,
-            buf: Vec::new(),
+            stage: Staging::new(),
             release_bytes: RELEASE_BYTES.min(eighth),
             unreleased_bytes: 0,
             signals: 0,
@@ -125,19 +136,35 @@ impl PipeWriter {
             flags: 0,
             trans_id: 0,
         };
-        let mut ext = [0u8; 8];
-        ext[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        // The 8-byte header carries the exact length of a payload the ring pads to 8 bytes;
+        // a payload that needs no padding goes without it (8 ring bytes fewer per packet).
+        let mut header_bytes = [0u8; 8];
+        header_bytes[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let ext: &[u8] = if payload.len().is_multiple_of(8) {
+            &[]
+        } else {
+            &header_bytes
+        };
         let needed = packet_len(ext.len(), payload.len()).ok_or(Error::PacketTooLarge)?;
         'retry: loop {
-            if self.ring.try_write(header, &ext, payload)? {
+            if self.ring.try_write(header, ext, payload)? {
                 self.pending += 1;
                 self.pending_bytes = self.pending_bytes.saturating_add(needed);
-                let due = if self.batch == 0 {
-                    self.pending_bytes >= self.auto_bytes
-                } else {
-                    self.pending >= self.batch
-                };
-                if due {
+                if self.batch == 0 {
+                    if self.pending_bytes >= self.auto_bytes {
+                        if self.ring.consumer_unmasked() {
+                            // The reader is (going) to sleep: commit and wake it.
+                            self.flush()?;
+                        } else {
+                            // Visible to a polling reader at once; the fenced, signalling
+                            // commit comes with the next batch that finds the reader
+                            // unmasked, `flush`, a full ring or the drop.
+                            self.pending = 0;
+                            self.pending_bytes = 0;
+                            self.ring.publish_unsignalled()?;
+                        }
+                    }
+                } else if self.pending >= self.batch {
                     self.flush()?;
                 }
                 return Ok(());
@@ -190,39 +217,26 @@ impl PipeReader {
     /// Receives the next packet, blocking while the ring is empty. `DeviceRemoved` once the
     /// writer is gone and everything it sent was received.
     pub fn recv(&mut self) -> Result<&[u8], Error> {
-        let info = 'found: loop {
-            if let Some(info) = self.ring.read_packet(&mut self.buf)? {
-                break 'found info;
+        // One call site for the copy-and-validate step, so it inlines and its small result
+        // stays in registers; the waiting is out of line.
+        let info = loop {
+            if let Some(info) = self.ring.read_staged(&mut self.stage)? {
+                break info;
             }
-            self.release()?;
-            let backoff = Backoff::new();
-            while !backoff.is_completed() {
-                backoff.snooze();
-                if let Some(info) = self.ring.read_packet(&mut self.buf)? {
-                    break 'found info;
-                }
-            }
-            if self.ring.arm()? {
-                let bits = self.from_writer.wait();
-                self.ring.set_interrupt_mask(true);
-                if bits & GONE != 0 {
-                    if let Some(info) = self.ring.read_packet(&mut self.buf)? {
-                        break 'found info;
-                    }
-                    return Err(Error::DeviceRemoved);
-                }
-            }
+            self.wait_for_packets()?;
         };
         self.unreleased_bytes = self
             .unreleased_bytes
-            .saturating_add((info.payload.end + TRAILER_LEN) as u32);
+            .saturating_add((info.payload.end - info.start + TRAILER_LEN) as u32);
         if self.unreleased_bytes >= self.release_bytes {
             self.release()?;
         }
-        let p = &self.buf[info.payload.clone()];
-        if info.ext.len() >= 8 {
-            let len = u32::from_le_bytes([self.buf[16], self.buf[17], self.buf[18], self.buf[19]])
-                as usize;
+        let bytes = self.stage.bytes();
+        let p = &bytes[info.payload.clone()];
+        if info.payload.start - info.start >= DESCRIPTOR_LEN + 8 {
+            let h = info.start + DESCRIPTOR_LEN;
+            let len =
+                u32::from_le_bytes([bytes[h], bytes[h + 1], bytes[h + 2], bytes[h + 3]]) as usize;
             if len > p.len() || p.len() - len >= 8 {
                 return Err(Error::Protocol(
                     "KMCL header length does not match the packet",
@@ -231,6 +245,29 @@ impl PipeReader {
             return Ok(&p[..len]);
         }
         Ok(p)
+    }
+
+    /// The ring was empty: releases the space read so far, backs off (spin, then yield),
+    /// then arms and sleeps until the writer signals. Returns once the ring may hold a
+    /// packet; `DeviceRemoved` once the writer is gone and the ring is empty.
+    #[cold]
+    fn wait_for_packets(&mut self) -> Result<(), Error> {
+        self.release()?;
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if !self.ring.is_empty()? {
+                return Ok(());
+            }
+        }
+        if self.ring.arm()? {
+            let bits = self.from_writer.wait();
+            self.ring.set_interrupt_mask(true);
+            if bits & GONE != 0 && self.ring.is_empty()? {
+                return Err(Error::DeviceRemoved);
+            }
+        }
+        Ok(())
     }
 
     fn release(&mut self) -> Result<(), Error> {

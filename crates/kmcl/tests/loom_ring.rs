@@ -226,3 +226,37 @@ fn released_space_is_reused_only_after_the_consumer_copied_it() {
         writer.join().unwrap();
     });
 }
+
+/// Unfenced publication: the producer publishes a packet with `publish_unsignalled` (no
+/// fence, no signal), then another with `commit`. A consumer that went to sleep on the
+/// first one without a signal must still be woken by the commit.
+#[test]
+fn unsignalled_publication_is_covered_by_the_next_commit() {
+    model(|| {
+        let mem = LoomMemory::new(64);
+        let mut w = OutgoingRing::new(mem.clone()).unwrap();
+        let mut r = IncomingRing::new(mem.clone()).unwrap();
+        let event = Arc::new(Event::new());
+        let e2 = event.clone();
+        let writer = loom::thread::spawn(move || {
+            assert!(w.try_write(header(0), &[], &[]).unwrap());
+            w.publish_unsignalled().unwrap();
+            // A flush with nothing new written must still do the signalling commit.
+            if w.commit().unwrap() {
+                e2.raise(SIGNAL);
+            }
+        });
+        let mut buf = Vec::new();
+        loop {
+            if r.read_packet(&mut buf).unwrap().is_some() {
+                break;
+            }
+            r.commit_read().unwrap();
+            if r.arm().unwrap() {
+                event.wait();
+                r.set_interrupt_mask(true);
+            }
+        }
+        writer.join().unwrap();
+    });
+}
