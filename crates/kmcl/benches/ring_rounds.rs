@@ -3,8 +3,10 @@
 //! alike; the report gives per-contender medians over the rounds and the median of the
 //! per-round ratios. `cargo bench -p kmcl --bench ring_rounds [-- ROUNDS]` (default 9).
 //!
-//! * 64-byte packets, one thread to another: `kmcl::pipe` over a 64 KiB ring (default
-//!   automatic batching, and publishing every packet), a bounded crossbeam channel and
+//! * 64-byte messages, one thread to another: `kmcl::pipe` over a 64 KiB ring (`ring_auto`:
+//!   the default, automatic batching, which coalesces small messages into ring packets of
+//!   up to 4 KiB; `ring_per32` and `ring_each`: one VMBus packet per message, committed
+//!   every 32 packets or after each), a bounded crossbeam channel and
 //!   `std::sync::mpsc::sync_channel`, both with 1024 slots (the same 64 KiB of payload).
 //! * 64 KiB packets: `kmcl::pipe` over a 1 MiB ring against single-thread memcpy of the
 //!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set.
@@ -150,6 +152,7 @@ fn main() {
         ("crossbeam_bounded", Box::new(|| crossbeam(SMALL_N))),
         ("std_mpsc_sync", Box::new(|| mpsc(SMALL_N))),
         ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, None))),
+        ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, Some(32)))),
         ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, Some(1)))),
         (
             "ring_single_thread",

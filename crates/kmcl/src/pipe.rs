@@ -10,8 +10,14 @@
 //!
 //! Every packet is in-band (type 6). The ring pads payloads to 8 bytes, so a payload whose
 //! length is not a multiple of 8 is preceded by an 8-byte header (the length as a
-//! little-endian `u32`, then 4 zero bytes) in the descriptor's type-specific area; a payload
-//! of a multiple of 8 bytes has none.
+//! little-endian `u32`, then a zero `u32`) in the descriptor's type-specific area; a payload
+//! of a multiple of 8 bytes has none. With automatic batching (the default), messages of up
+//! to a quarter of the batch size are coalesced, like netvsc batches several RNDIS messages
+//! into one VMBus packet: the header then holds the message count and `1`, and the payload
+//! is the messages one after the other, each as its length (`u64`, little-endian) and its
+//! bytes padded to 8. The per-packet cost of the format (16-byte descriptor, 8-byte trailer,
+//! a fenced publication) is then paid once per batch instead of once per message. The
+//! reader validates the framing of every coalesced packet on its private copy.
 //!
 //! # Batching
 //!
@@ -61,6 +67,10 @@ use crate::shmem::{PAGE_SIZE, RingView};
 /// take this many ring bytes (or an eighth of the ring, if that is less).
 pub const AUTO_PUBLISH_BYTES: u32 = 4096;
 
+/// Marks a coalesced packet in the pipe header's second word (the first holds the
+/// message count).
+const BATCH_MARK: u32 = 1;
+
 /// The reader releases ring space once it has read this many bytes (or an eighth of the
 /// ring, if that is less), and before it waits.
 const RELEASE_BYTES: u32 = 4096;
@@ -77,6 +87,9 @@ pub struct PipeWriter {
     pending: u32,
     pending_bytes: u32,
     signals: u64,
+    /// Messages coalesced into the next ring packet (automatic batching only).
+    coalesced: Vec<u8>,
+    coalesced_count: u32,
 }
 
 /// The receiving end.
@@ -89,6 +102,11 @@ pub struct PipeReader {
     release_bytes: u32,
     unreleased_bytes: u32,
     signals: u64,
+    /// The coalesced packet being returned message by message: next message header at
+    /// `batch_pos`, payload end at `batch_end` (in the staging buffer), messages left.
+    batch_pos: usize,
+    batch_end: usize,
+    batch_left: u32,
 }
 
 /// A pipe over a heap ring with `data_pages` pages of data.
@@ -107,6 +125,8 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             pending: 0,
             pending_bytes: 0,
             signals: 0,
+            coalesced: Vec::new(),
+            coalesced_count: 0,
         },
         PipeReader {
             ring: IncomingRing::new(view)?,
@@ -116,6 +136,9 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             release_bytes: RELEASE_BYTES.min(eighth),
             unreleased_bytes: 0,
             signals: 0,
+            batch_pos: 0,
+            batch_end: 0,
+            batch_left: 0,
         },
     ))
 }
@@ -129,13 +152,23 @@ impl PipeWriter {
         self.batch = n;
     }
 
-    /// Sends one packet, blocking while the ring is full.
+    /// Sends one message, blocking while the ring is full.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), Error> {
-        let header = PacketHeader {
-            packet_type: TYPE_IN_BAND,
-            flags: 0,
-            trans_id: 0,
-        };
+        if self.batch == 0 && payload.len() <= (self.auto_bytes / 4) as usize {
+            // Coalesce: [length u32, 0u32, payload padded to 8] appended to the next packet.
+            self.coalesced
+                .extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            self.coalesced.extend_from_slice(payload);
+            let padded = self.coalesced.len().next_multiple_of(8);
+            self.coalesced.resize(padded, 0);
+            self.coalesced_count += 1;
+            if padded + DESCRIPTOR_LEN + 8 + TRAILER_LEN >= self.auto_bytes as usize {
+                self.write_coalesced()?;
+            }
+            return Ok(());
+        }
+        // Keep the order: what was coalesced goes first.
+        self.write_coalesced()?;
         // The 8-byte header carries the exact length of a payload the ring pads to 8 bytes;
         // a payload that needs no padding goes without it (8 ring bytes fewer per packet).
         let mut header_bytes = [0u8; 8];
@@ -144,6 +177,33 @@ impl PipeWriter {
             &[]
         } else {
             &header_bytes
+        };
+        self.write_packet(ext, payload)
+    }
+
+    /// Writes the coalesced messages as one ring packet (header: count, [`BATCH_MARK`]).
+    fn write_coalesced(&mut self) -> Result<(), Error> {
+        if self.coalesced_count == 0 {
+            return Ok(());
+        }
+        let mut ext = [0u8; 8];
+        ext[..4].copy_from_slice(&self.coalesced_count.to_le_bytes());
+        ext[4..].copy_from_slice(&BATCH_MARK.to_le_bytes());
+        self.coalesced_count = 0;
+        let body = std::mem::take(&mut self.coalesced);
+        let r = self.write_packet(&ext, &body);
+        self.coalesced = body;
+        self.coalesced.clear();
+        r
+    }
+
+    /// Writes one ring packet, blocking while the ring is full, and publishes as the
+    /// batching policy says.
+    fn write_packet(&mut self, ext: &[u8], payload: &[u8]) -> Result<(), Error> {
+        let header = PacketHeader {
+            packet_type: TYPE_IN_BAND,
+            flags: 0,
+            trans_id: 0,
         };
         let needed = packet_len(ext.len(), payload.len()).ok_or(Error::PacketTooLarge)?;
         'retry: loop {
@@ -154,7 +214,7 @@ impl PipeWriter {
                     if self.pending_bytes >= self.auto_bytes {
                         if self.ring.consumer_unmasked() {
                             // The reader is (going) to sleep: commit and wake it.
-                            self.flush()?;
+                            self.commit()?;
                         } else {
                             // Visible to a polling reader at once; the fenced, signalling
                             // commit comes with the next batch that finds the reader
@@ -165,11 +225,11 @@ impl PipeWriter {
                         }
                     }
                 } else if self.pending >= self.batch {
-                    self.flush()?;
+                    self.commit()?;
                 }
                 return Ok(());
             }
-            self.flush()?;
+            self.commit()?;
             // Spin, then yield, then sleep (crossbeam's backoff policy).
             let backoff = Backoff::new();
             while !backoff.is_completed() {
@@ -189,8 +249,13 @@ impl PipeWriter {
         }
     }
 
-    /// Publishes every packet written so far.
+    /// Publishes every message sent so far (and wakes the reader if it sleeps).
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.write_coalesced()?;
+        self.commit()
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
         self.pending = 0;
         self.pending_bytes = 0;
         if self.ring.commit()? {
@@ -219,6 +284,9 @@ impl PipeReader {
     pub fn recv(&mut self) -> Result<&[u8], Error> {
         // One call site for the copy-and-validate step, so it inlines and its small result
         // stays in registers; the waiting is out of line.
+        if self.batch_left > 0 {
+            return self.next_in_batch();
+        }
         let info = loop {
             if let Some(info) = self.ring.read_staged(&mut self.stage)? {
                 break info;
@@ -231,20 +299,33 @@ impl PipeReader {
         if self.unreleased_bytes >= self.release_bytes {
             self.release()?;
         }
-        let bytes = self.stage.bytes();
-        let p = &bytes[info.payload.clone()];
-        if info.payload.start - info.start >= DESCRIPTOR_LEN + 8 {
-            let h = info.start + DESCRIPTOR_LEN;
-            let len =
-                u32::from_le_bytes([bytes[h], bytes[h + 1], bytes[h + 2], bytes[h + 3]]) as usize;
-            if len > p.len() || p.len() - len >= 8 {
-                return Err(Error::Protocol(
-                    "KMCL header length does not match the packet",
-                ));
-            }
-            return Ok(&p[..len]);
+        if info.payload.start - info.start < DESCRIPTOR_LEN + 8 {
+            return Ok(&self.stage.bytes()[info.payload]);
         }
-        Ok(p)
+        let h = info.start + DESCRIPTOR_LEN;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.stage.bytes()[h..h + 8]);
+        let len = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize;
+        let mark = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
+        if mark == BATCH_MARK {
+            if len == 0 {
+                return Err(Error::Protocol("empty coalesced packet"));
+            }
+            self.batch_pos = info.payload.start;
+            self.batch_end = info.payload.end;
+            self.batch_left = len as u32;
+            return self.next_in_batch();
+        }
+        if mark != 0 {
+            return Err(Error::Protocol("unknown pipe header"));
+        }
+        let p = &self.stage.bytes()[info.payload];
+        if len > p.len() || p.len() - len >= 8 {
+            return Err(Error::Protocol(
+                "KMCL header length does not match the packet",
+            ));
+        }
+        Ok(&p[..len])
     }
 
     /// The ring was empty: releases the space read so far, backs off (spin, then yield),
@@ -268,6 +349,34 @@ impl PipeReader {
             }
         }
         Ok(())
+    }
+
+    /// The next message of the coalesced packet in the staging buffer (a private copy;
+    /// validated here: lengths inside the packet, reserved bytes zero, count exact).
+    fn next_in_batch(&mut self) -> Result<&[u8], Error> {
+        let (pos, end) = (self.batch_pos, self.batch_end);
+        let bad = |me: &mut Self, what| {
+            me.batch_left = 0;
+            Err(Error::Protocol(what))
+        };
+        if end - pos < 8 {
+            return bad(self, "coalesced packet shorter than its message count");
+        }
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.stage.bytes()[pos..pos + 8]);
+        let word = u64::from_le_bytes(w);
+        let len = (word & 0xffff_ffff) as usize;
+        let start = pos + 8;
+        if word >> 32 != 0 || len > end - start {
+            return bad(self, "malformed message in a coalesced packet");
+        }
+        let next = start + len.next_multiple_of(8);
+        self.batch_left -= 1;
+        if self.batch_left == 0 && next != end {
+            return bad(self, "coalesced packet longer than its message count");
+        }
+        self.batch_pos = next;
+        Ok(&self.stage.bytes()[start..start + len])
     }
 
     fn release(&mut self) -> Result<(), Error> {
