@@ -8,9 +8,10 @@ def med(group, name):
 rows = []
 g="two_threads_64B"; N=200000
 cb=med(g,'crossbeam_bounded'); mp=med(g,'std_mpsc_sync'); st=med(g,'kmcl_ring_single_thread')
-ce=med(g,'kmcl_ring_commit_each'); c32=med(g,'kmcl_ring_commit_32')
+ce=med(g,'kmcl_ring_commit_each'); c32=med(g,'kmcl_ring_commit_32'); cd=med(g,'kmcl_ring_default')
 def mps(t): return N/(t/1e9)/1e6
 print(f"64B two threads (Mpackets/s, median): crossbeam {mps(cb):.2f}, std mpsc {mps(mp):.2f}, ring commit-each {mps(ce):.2f}, ring commit-32 {mps(c32):.2f}, ring single-thread {mps(st):.2f}")
+print(f"  ring default (coalescing) {mps(cd):.2f}: / crossbeam = {cb/cd:.2f}x ; / std mpsc = {mp/cd:.2f}x")
 print(f"  ratio ring commit-each / crossbeam = {cb/ce:.2f}x ; commit-32 / crossbeam = {cb/c32:.2f}x")
 print(f"  ratio ring commit-each / std mpsc  = {mp/ce:.2f}x ; commit-32 / std mpsc  = {mp/c32:.2f}x")
 g='64KiB'; B=2000*65536

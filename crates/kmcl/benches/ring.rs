@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Sends `n` packets of `payload_len` bytes through a [`kmcl::pipe`] ring of `pages` data
-/// pages from one thread to another, publishing every `batch` packets; returns the time.
+/// pages from one thread to another, publishing every `batch` packets (0: the pipe's
+/// default, automatic batching); returns the time.
 fn ring_transfer(n: u64, payload_len: usize, pages: u32, batch: u32) -> Duration {
     let (mut tx, mut rx) = kmcl::pipe::pipe(pages).unwrap();
     tx.set_batch(batch);
@@ -108,6 +109,10 @@ fn small_packets(c: &mut Criterion) {
             }
             start.elapsed()
         })
+    });
+    // The pipe's default: automatic batching, small messages coalesced into ring packets.
+    g.bench_function("kmcl_ring_default", |b| {
+        b.iter_custom(|it| ring_transfer(it * N, 64, 16, 0))
     });
     g.bench_function("kmcl_ring_commit_each", |b| {
         b.iter_custom(|it| ring_transfer(it * N, 64, 16, 1))

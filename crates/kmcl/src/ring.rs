@@ -69,6 +69,9 @@ pub const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 pub const DESCRIPTOR_LEN: usize = 16;
 /// Size of the packet trailer.
 pub const TRAILER_LEN: usize = 8;
+/// Packets up to this many ring bytes are assembled (producer) and copied out (consumer)
+/// with a single copy.
+const SMALL_PACKET: usize = 128;
 
 /// Total ring bytes a packet takes: descriptor, extra header, padded payload and trailer.
 /// `None` if it cannot be expressed (`len8` is a `u16`).
@@ -195,6 +198,45 @@ pub struct PacketInfo {
     pub external: Option<ExternalData>,
 }
 
+/// How many published bytes [`IncomingRing::read_staged`] copies out of the ring at once.
+pub const STAGE_AHEAD: usize = 4096;
+
+/// The reader's private copy of published ring bytes, for [`IncomingRing::read_staged`].
+#[derive(Debug, Default)]
+pub struct Staging {
+    buf: Vec<u8>,
+    /// Offset of the next unparsed byte (the ring's private head).
+    start: usize,
+    /// End of the staged bytes.
+    end: usize,
+}
+
+impl Staging {
+    /// An empty staging buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The staged bytes; a [`StagedPacket`]'s ranges index into this.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// A validated packet inside a [`Staging`] buffer (valid until the next read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPacket {
+    /// Packet type.
+    pub packet_type: u16,
+    /// Descriptor flags.
+    pub flags: u16,
+    /// Where the packet (its descriptor) starts in [`Staging::bytes`]; the type-specific
+    /// header is `start + 16..payload.start`.
+    pub start: usize,
+    /// The (8-byte padded) payload in [`Staging::bytes`].
+    pub payload: Range<usize>,
+}
+
 fn valid_index(v: u32, size: u32) -> bool {
     v < size && v.is_multiple_of(8)
 }
@@ -252,6 +294,8 @@ pub struct OutgoingRing<M> {
     tail: u32,
     /// Last `read_index` observed and validated.
     read_cache: u32,
+    /// Packets were published by [`OutgoingRing::publish_unsignalled`] since the last commit.
+    unsignalled: bool,
     error: Option<Corruption>,
 }
 
@@ -281,6 +325,7 @@ impl<M: RingMemory> OutgoingRing<M> {
             committed: w,
             tail: w,
             read_cache: r,
+            unsignalled: false,
             error: None,
         })
     }
@@ -315,7 +360,7 @@ impl<M: RingMemory> OutgoingRing<M> {
 
     /// Reads `read_index` once and validates it: aligned, in range, and not past published data.
     fn refresh_read(&mut self) -> Result<(), Error> {
-        let r = self.mem.load(ControlWord::ReadIndex, Ordering::SeqCst);
+        let r = self.mem.load(ControlWord::ReadIndex, Ordering::Acquire);
         if !valid_index(r, self.size)
             || dist(self.read_cache, r, self.size)
                 > dist(self.read_cache, self.committed, self.size)
@@ -361,23 +406,34 @@ impl<M: RingMemory> OutgoingRing<M> {
         let start = self.tail;
         let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
         let len8 = ((total as usize - TRAILER_LEN) / 8) as u16;
-        let mut head = [0u8; 48];
-        head[0..2].copy_from_slice(&header.packet_type.to_le_bytes());
-        head[2..4].copy_from_slice(&offset8.to_le_bytes());
-        head[4..6].copy_from_slice(&len8.to_le_bytes());
-        head[6..8].copy_from_slice(&header.flags.to_le_bytes());
-        head[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
-        let mut off = if ext.len() <= 32 {
-            head[16..16 + ext.len()].copy_from_slice(ext);
-            write_wrapped(&self.mem, self.size, start, &head[..16 + ext.len()])
-        } else {
-            let o = write_wrapped(&self.mem, self.size, start, &head[..16]);
-            write_wrapped(&self.mem, self.size, o, ext)
-        };
+        // The descriptor as two little-endian words (whole-word stores, no byte shuffling).
+        let word0 = u64::from(header.packet_type)
+            | u64::from(offset8) << 16
+            | u64::from(len8) << 32
+            | u64::from(header.flags) << 48;
+        let trailer = (u64::from(start) << 32).to_le_bytes();
+        let total = total as usize;
+        if total <= SMALL_PACKET {
+            // Small packets: assemble privately, then one copy into the ring.
+            let mut pkt = [0u8; SMALL_PACKET];
+            let p = DESCRIPTOR_LEN + ext.len();
+            pkt[..8].copy_from_slice(&word0.to_le_bytes());
+            pkt[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
+            pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
+            pkt[p..p + payload.len()].copy_from_slice(payload);
+            pkt[total - TRAILER_LEN..total].copy_from_slice(&trailer);
+            self.tail = write_wrapped(&self.mem, self.size, start, &pkt[..total]);
+            return Ok(true);
+        }
+        let mut desc = [0u8; DESCRIPTOR_LEN];
+        desc[..8].copy_from_slice(&word0.to_le_bytes());
+        desc[8..].copy_from_slice(&header.trans_id.to_le_bytes());
+        let mut off = write_wrapped(&self.mem, self.size, start, &desc);
+        off = write_wrapped(&self.mem, self.size, off, ext);
         off = write_wrapped(&self.mem, self.size, off, payload);
         let pad = payload.len().next_multiple_of(8) - payload.len();
         let mut tail = [0u8; 16];
-        tail[pad..pad + 8].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
+        tail[pad..pad + 8].copy_from_slice(&trailer);
         self.tail = write_wrapped(&self.mem, self.size, off, &tail[..pad + 8]);
         Ok(true)
     }
@@ -395,20 +451,27 @@ impl<M: RingMemory> OutgoingRing<M> {
     /// Publishes every packet written since the last commit with one `write_index` store.
     /// Returns whether the consumer must be signalled: the ring was empty before this batch
     /// and the consumer has not masked interrupts.
+    ///
+    /// After [`OutgoingRing::publish_unsignalled`], the consumer may have gone to sleep on
+    /// packets it was never signalled for, so the next commit (even with no new packets)
+    /// reports a signal whenever the consumer has unmasked and not read everything.
     pub fn commit(&mut self) -> Result<bool, Error> {
         self.check()?;
-        if self.tail == self.committed {
+        if self.tail == self.committed && !self.unsignalled {
             return Ok(false);
         }
         let old = self.committed;
+        let unsignalled = std::mem::take(&mut self.unsignalled);
+        // Release: the packet bytes are visible before the index that publishes them. The
+        // fence orders this store before the mask load (Dekker with `IncomingRing::arm`).
         self.mem
-            .store(ControlWord::WriteIndex, self.tail, Ordering::SeqCst);
+            .store(ControlWord::WriteIndex, self.tail, Ordering::Release);
         self.committed = self.tail;
         fence(Ordering::SeqCst);
-        if self.mem.load(ControlWord::InterruptMask, Ordering::SeqCst) != 0 {
+        if self.mem.load(ControlWord::InterruptMask, Ordering::Relaxed) != 0 {
             return Ok(false);
         }
-        let r = self.mem.load(ControlWord::ReadIndex, Ordering::SeqCst);
+        let r = self.mem.load(ControlWord::ReadIndex, Ordering::Acquire);
         if !valid_index(r, self.size)
             || dist(self.read_cache, r, self.size)
                 > dist(self.read_cache, self.committed, self.size)
@@ -416,7 +479,34 @@ impl<M: RingMemory> OutgoingRing<M> {
             return Err(self.corrupt(Corruption::ReadIndex(r)));
         }
         self.read_cache = r;
-        Ok(r == old)
+        Ok(if unsignalled {
+            r != self.committed
+        } else {
+            r == old
+        })
+    }
+
+    /// Whether the consumer has cleared `interrupt_mask` (it is asleep or about to be), read
+    /// without a fence: a hint for choosing between [`OutgoingRing::commit`] and
+    /// [`OutgoingRing::publish_unsignalled`], never a replacement for `commit`'s check.
+    pub fn consumer_unmasked(&self) -> bool {
+        self.mem.load(ControlWord::InterruptMask, Ordering::Relaxed) == 0
+    }
+
+    /// Publishes every packet written since the last commit with one `write_index` store,
+    /// without the fence and the signal check of [`OutgoingRing::commit`]: a consumer that
+    /// is polling sees the packets, one that is asleep is not woken. Cheaper (no full fence
+    /// while the producer's stores are still draining), but a [`OutgoingRing::commit`] must
+    /// follow before the producer stops or waits for space.
+    pub fn publish_unsignalled(&mut self) -> Result<(), Error> {
+        self.check()?;
+        if self.tail != self.committed {
+            self.mem
+                .store(ControlWord::WriteIndex, self.tail, Ordering::Release);
+            self.committed = self.tail;
+            self.unsignalled = true;
+        }
+        Ok(())
     }
 
     /// Asks the consumer to signal once `needed` bytes are free, then re-checks. Returns
@@ -427,7 +517,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         self.check()?;
         let needed = needed.next_multiple_of(8).min(self.max_packet_len());
         self.mem
-            .store(ControlWord::PendingSendSize, needed, Ordering::SeqCst);
+            .store(ControlWord::PendingSendSize, needed, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         self.refresh_read()?;
         if self.free_cached() >= needed {
@@ -502,7 +592,7 @@ impl<M: RingMemory> IncomingRing<M> {
     }
 
     fn load_write_index(&mut self) -> Result<u32, Error> {
-        let w = self.mem.load(ControlWord::WriteIndex, Ordering::SeqCst);
+        let w = self.mem.load(ControlWord::WriteIndex, Ordering::Acquire);
         if !valid_index(w, self.size) {
             return Err(self.corrupt(Corruption::WriteIndex(w)));
         }
@@ -512,8 +602,60 @@ impl<M: RingMemory> IncomingRing<M> {
     /// Reads the next packet into `buf` (resized as needed, so it can be reused across
     /// calls), validates it, and advances the private head. `Ok(None)` when empty.
     pub fn read_packet(&mut self, buf: &mut Vec<u8>) -> Result<Option<PacketInfo>, Error> {
+        // A fresh staging over the caller's buffer, copying ahead at most a small packet.
+        let mut st = Staging {
+            buf: std::mem::take(buf),
+            start: 0,
+            end: 0,
+        };
+        let got = self.read_into(&mut st, SMALL_PACKET);
+        *buf = st.buf;
+        let Some(raw) = got? else {
+            return Ok(None);
+        };
+        let (off, len) = (raw.payload.start, raw.payload.end);
+        // `read_into` validated the headers of types 7 and 9; parse them for the caller.
+        let external = match raw.packet_type {
+            TYPE_TRANSFER_PAGES => match parse_transfer_pages(&buf[..off]) {
+                Some(x) => Some(x),
+                None => return Err(self.corrupt(Corruption::TransferPageHeader)),
+            },
+            TYPE_GPA_DIRECT => match parse_gpa_direct(&buf[..off]) {
+                Some(x) => Some(x),
+                None => return Err(self.corrupt(Corruption::GpaDirectHeader)),
+            },
+            _ => None,
+        };
+        let completion_requested = raw.flags & FLAG_COMPLETION_REQUESTED != 0;
+        let trans_id = (completion_requested || raw.packet_type == TYPE_COMPLETION)
+            .then(|| u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8])));
+        Ok(Some(PacketInfo {
+            packet_type: raw.packet_type,
+            completion_requested,
+            trans_id,
+            ext: DESCRIPTOR_LEN..off,
+            payload: off..len,
+            external,
+        }))
+    }
+
+    /// Reads the next packet like [`IncomingRing::read_packet`], but through `stage`: the
+    /// reader copies up to [`STAGE_AHEAD`] published bytes at once (several small packets)
+    /// out of the ring into `stage`, and parses the following packets from that private
+    /// copy, so a batch of small packets costs one copy instead of one per packet. The same
+    /// complete validation applies. Use one [`Staging`] per ring (bytes staged from another
+    /// ring would only be parsed, and rejected, as garbage).
+    pub fn read_staged(&mut self, stage: &mut Staging) -> Result<Option<StagedPacket>, Error> {
+        self.read_into(stage, STAGE_AHEAD)
+    }
+
+    /// The one copy-and-validate path: makes the next packet staged (copying at least it,
+    /// and up to `ahead` bytes, out of the ring) and validates the private copy.
+    #[inline]
+    fn read_into(&mut self, st: &mut Staging, ahead: usize) -> Result<Option<StagedPacket>, Error> {
         self.check()?;
         if self.head == self.limit {
+            // Everything staged was read (staged bytes lie in `[head, limit)`).
             self.limit = self.load_write_index()?;
             if self.head == self.limit {
                 return Ok(None);
@@ -523,18 +665,13 @@ impl<M: RingMemory> IncomingRing<M> {
         if avail < DESCRIPTOR_LEN + TRAILER_LEN {
             return Err(self.corrupt(Corruption::Truncated));
         }
-        // Read the descriptor once, into the private buffer; every check below and every
-        // later use reads this copy, never shared memory.
-        if buf.len() < DESCRIPTOR_LEN {
-            buf.resize(DESCRIPTOR_LEN, 0);
-        }
-        let after_desc = read_wrapped(&self.mem, self.size, self.head, &mut buf[..DESCRIPTOR_LEN]);
-        let mut desc = [0u8; DESCRIPTOR_LEN];
-        desc.copy_from_slice(&buf[..DESCRIPTOR_LEN]);
-        let ty = u16::from_le_bytes([desc[0], desc[1]]);
-        let offset8 = u16::from_le_bytes([desc[2], desc[3]]) as usize;
-        let len8 = u16::from_le_bytes([desc[4], desc[5]]) as usize;
-        let flags = u16::from_le_bytes([desc[6], desc[7]]);
+        self.stage(st, DESCRIPTOR_LEN, avail, ahead);
+        let base = st.start;
+        let d = &st.buf[base..base + DESCRIPTOR_LEN];
+        let ty = u16::from_le_bytes([d[0], d[1]]);
+        let offset8 = u16::from_le_bytes([d[2], d[3]]) as usize;
+        let len8 = u16::from_le_bytes([d[4], d[5]]) as usize;
+        let flags = u16::from_le_bytes([d[6], d[7]]);
         let len = len8 * 8;
         let off = offset8 * 8;
         if offset8 < 2 || offset8 > len8 {
@@ -552,40 +689,64 @@ impl<M: RingMemory> IncomingRing<M> {
         ) {
             return Err(self.corrupt(Corruption::PacketType(ty)));
         }
-        // Copy the rest of the packet (and its trailer) out once; validate only the copy.
-        if buf.len() < len + TRAILER_LEN {
-            buf.resize(len + TRAILER_LEN, 0);
-        }
-        let rest = &mut buf[DESCRIPTOR_LEN..len + TRAILER_LEN];
-        let next = read_wrapped(&self.mem, self.size, after_desc, rest);
+        // The rest of the packet and its trailer, copied out once; validate only the copy.
+        let end = len + TRAILER_LEN;
+        self.stage(st, end, avail, ahead);
+        let base = st.start;
+        let pkt = &st.buf[base..base + end];
         let mut t = [0u8; 8];
-        t.copy_from_slice(&buf[len..len + TRAILER_LEN]);
+        t.copy_from_slice(&pkt[len..end]);
         if (u64::from_le_bytes(t) >> 32) as u32 != self.head {
             return Err(self.corrupt(Corruption::Trailer));
         }
-        let external = match ty {
-            TYPE_TRANSFER_PAGES => match parse_transfer_pages(&buf[..off]) {
-                Some(x) => Some(x),
-                None => return Err(self.corrupt(Corruption::TransferPageHeader)),
-            },
-            TYPE_GPA_DIRECT => match parse_gpa_direct(&buf[..off]) {
-                Some(x) => Some(x),
-                None => return Err(self.corrupt(Corruption::GpaDirectHeader)),
-            },
-            _ => None,
-        };
-        let completion_requested = flags & FLAG_COMPLETION_REQUESTED != 0;
-        let trans_id = (completion_requested || ty == TYPE_COMPLETION)
-            .then(|| u64::from_le_bytes(desc[8..16].try_into().unwrap_or([0; 8])));
-        self.head = next;
-        Ok(Some(PacketInfo {
+        match ty {
+            TYPE_TRANSFER_PAGES if parse_transfer_pages(&pkt[..off]).is_none() => {
+                return Err(self.corrupt(Corruption::TransferPageHeader));
+            }
+            TYPE_GPA_DIRECT if parse_gpa_direct(&pkt[..off]).is_none() => {
+                return Err(self.corrupt(Corruption::GpaDirectHeader));
+            }
+            _ => {}
+        }
+        st.start = base + end;
+        self.head = wrap_add(self.head, end, self.size);
+        Ok(Some(StagedPacket {
             packet_type: ty,
-            completion_requested,
-            trans_id,
-            ext: DESCRIPTOR_LEN..off,
-            payload: off..len,
-            external,
+            flags,
+            start: base,
+            payload: base + off..base + len,
         }))
+    }
+
+    /// Makes at least `need` bytes from `head` staged (`need <= avail`), copying ahead up
+    /// to `ahead` bytes (never past `limit`).
+    fn stage(&self, st: &mut Staging, need: usize, avail: usize, ahead: usize) {
+        let have = st.end - st.start;
+        if have >= need {
+            return;
+        }
+        if st.start != 0 {
+            st.buf.copy_within(st.start..st.end, 0);
+            st.start = 0;
+            st.end = have;
+        }
+        let want = need.max(avail.min(ahead));
+        if st.buf.len() < want {
+            st.buf.resize(want, 0);
+        }
+        let from = wrap_add(self.head, have, self.size);
+        read_wrapped(&self.mem, self.size, from, &mut st.buf[have..want]);
+        st.end = want;
+    }
+
+    /// Whether no packet is waiting right now (reads `write_index` only when every packet
+    /// seen so far has been read).
+    pub fn is_empty(&mut self) -> Result<bool, Error> {
+        self.check()?;
+        if self.head == self.limit {
+            self.limit = self.load_write_index()?;
+        }
+        Ok(self.head == self.limit)
     }
 
     /// Whether packets were read but their space not yet released.
@@ -602,13 +763,16 @@ impl<M: RingMemory> IncomingRing<M> {
             return Ok(false);
         }
         let old = self.committed;
+        // Release: our copies out of the released bytes happen before the producer reuses
+        // them. The fence orders this store before the `pending_send_size` load (Dekker with
+        // `OutgoingRing::request_space`).
         self.mem
-            .store(ControlWord::ReadIndex, self.head, Ordering::SeqCst);
+            .store(ControlWord::ReadIndex, self.head, Ordering::Release);
         self.committed = self.head;
         fence(Ordering::SeqCst);
         let pending = self
             .mem
-            .load(ControlWord::PendingSendSize, Ordering::SeqCst)
+            .load(ControlWord::PendingSendSize, Ordering::Relaxed)
             & !7;
         if pending == 0 {
             return Ok(false);
@@ -626,7 +790,7 @@ impl<M: RingMemory> IncomingRing<M> {
         self.mem.store(
             ControlWord::InterruptMask,
             u32::from(masked),
-            Ordering::SeqCst,
+            Ordering::Relaxed,
         );
     }
 

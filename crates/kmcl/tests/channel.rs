@@ -845,3 +845,33 @@ fn the_in_process_pipe_moves_packets_in_order_and_reports_the_writer_leaving() {
     writer.join().unwrap();
     assert!(matches!(rx.recv(), Err(Error::DeviceRemoved)));
 }
+
+#[test]
+fn the_default_pipe_coalesces_small_messages_and_keeps_order_and_boundaries() {
+    // 16 KiB ring: batches of 2 KiB, messages up to 512 bytes coalesced, larger ones alone.
+    let (mut tx, mut rx) = kmcl::pipe::pipe(4).unwrap();
+    let msg = |i: u32| -> Vec<u8> {
+        let len = match i % 7 {
+            0 => 0,
+            1 => 1000 + (i % 13) as usize,
+            _ => (i % 300) as usize,
+        };
+        (0..len).map(|b| (b as u32 ^ i) as u8).collect()
+    };
+    let writer = std::thread::spawn(move || {
+        for i in 0..3000u32 {
+            tx.send(&msg(i)).unwrap();
+        }
+        // Still alive: flush makes everything visible (and wakes a sleeping reader).
+        tx.flush().unwrap();
+        tx.send(b"last").unwrap();
+        tx
+    });
+    for i in 0..3000u32 {
+        assert_eq!(rx.recv().unwrap(), &msg(i)[..], "message {i}");
+    }
+    let tx = writer.join().unwrap();
+    drop(tx);
+    assert_eq!(rx.recv().unwrap(), b"last");
+    assert!(matches!(rx.recv(), Err(Error::DeviceRemoved)));
+}

@@ -141,7 +141,7 @@ fn kmcl_small(n: u64) -> Result<Vec<Row>> {
     }
     let (rr, cr, mr) = (rate(n, r), rate(n, c), rate(n, m));
     Ok(vec![Row {
-        name: "ring, 64-byte packets, 2 threads".into(),
+        name: "ring pipe, 64-byte messages (coalesced into ring packets), 2 threads".into(),
         value: format!("{:.2} M packets/s", rr / 1e6),
         target: "≥ 1.0× crossbeam".into(),
         ratios: format!(

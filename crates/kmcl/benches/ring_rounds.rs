@@ -1,0 +1,224 @@
+//! Interleaved rounds of the ring throughput comparisons, for a machine shared with other
+//! jobs: every round runs each contender once, back to back, so load changes hit all of them
+//! alike; the report gives per-contender medians over the rounds and the median of the
+//! per-round ratios. `cargo bench -p kmcl --bench ring_rounds [-- ROUNDS]` (default 9).
+//!
+//! * 64-byte messages, one thread to another: `kmcl::pipe` over a 64 KiB ring (`ring_auto`:
+//!   the default, automatic batching, which coalesces small messages into ring packets of
+//!   up to 4 KiB; `ring_per32` and `ring_each`: one VMBus packet per message, committed
+//!   every 32 packets or after each), a bounded crossbeam channel and
+//!   `std::sync::mpsc::sync_channel`, both with 1024 slots (the same 64 KiB of payload).
+//! * 64 KiB packets: `kmcl::pipe` over a 1 MiB ring against single-thread memcpy of the
+//!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const SMALL_N: u64 = 400_000;
+const LARGE_N: u64 = 4_000;
+const LARGE: usize = 64 * 1024;
+
+fn ring(n: u64, len: usize, pages: u32, batch: Option<u32>) -> Duration {
+    let (mut tx, mut rx) = kmcl::pipe::pipe(pages).unwrap();
+    if let Some(b) = batch {
+        tx.set_batch(b);
+    }
+    let reader = std::thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
+        }
+        sum
+    });
+    let payload = vec![7u8; len];
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(black_box(&payload)).unwrap();
+    }
+    tx.flush().unwrap();
+    black_box(reader.join().unwrap());
+    start.elapsed()
+}
+
+/// The ring's own cost with no second core involved: write 32 packets, publish, read them,
+/// release.
+fn ring_single_thread(n: u64) -> Duration {
+    use kmcl::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND};
+    let view = kmcl::shmem::RingView::heap(16).unwrap();
+    let mut w = OutgoingRing::new(view.clone()).unwrap();
+    let mut r = IncomingRing::new(view).unwrap();
+    let header = PacketHeader {
+        packet_type: TYPE_IN_BAND,
+        flags: 0,
+        trans_id: 0,
+    };
+    let payload = [7u8; 64];
+    let mut buf = Vec::new();
+    let mut sum = 0u64;
+    let start = Instant::now();
+    for _ in 0..n / 32 {
+        for _ in 0..32 {
+            w.try_write(header, &[0; 8], black_box(&payload)).unwrap();
+        }
+        w.commit().unwrap();
+        while let Some(i) = r.read_packet(&mut buf).unwrap() {
+            sum = sum.wrapping_add(u64::from(buf[i.payload.start]));
+        }
+        r.commit_read().unwrap();
+    }
+    black_box(sum);
+    start.elapsed()
+}
+
+fn crossbeam(n: u64) -> Duration {
+    let (tx, rx) = crossbeam_channel::bounded::<[u8; 64]>(1024);
+    let reader = std::thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
+        }
+        sum
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(black_box([7u8; 64])).unwrap();
+    }
+    black_box(reader.join().unwrap());
+    start.elapsed()
+}
+
+fn mpsc(n: u64) -> Duration {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<[u8; 64]>(1024);
+    let reader = std::thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
+        }
+        sum
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(black_box([7u8; 64])).unwrap();
+    }
+    black_box(reader.join().unwrap());
+    start.elapsed()
+}
+
+fn memcpy_hot(n: u64) -> Duration {
+    let src = vec![7u8; LARGE];
+    let mut dst = vec![0u8; LARGE];
+    let start = Instant::now();
+    for _ in 0..n {
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+    }
+    start.elapsed()
+}
+
+fn memcpy_set(n: u64) -> Duration {
+    let src: Vec<Vec<u8>> = (0..16).map(|_| vec![7u8; LARGE]).collect();
+    let mut dst: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; LARGE]).collect();
+    let start = Instant::now();
+    for i in 0..n {
+        let k = (i % 16) as usize;
+        dst[k].copy_from_slice(black_box(&src[k]));
+        black_box(&mut dst[k]);
+    }
+    start.elapsed()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+type Contender = (&'static str, Box<dyn Fn() -> Duration>);
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(9);
+    if std::env::args().any(|a| a == "single") {
+        // Profiling aid: only the single-thread ring loop.
+        let d = ring_single_thread(rounds as u64 * SMALL_N);
+        println!(
+            "{:.2} Mpkt/s",
+            rounds as f64 * SMALL_N as f64 / 1e6 / d.as_secs_f64()
+        );
+        return;
+    }
+    let small: Vec<Contender> = vec![
+        ("crossbeam_bounded", Box::new(|| crossbeam(SMALL_N))),
+        ("std_mpsc_sync", Box::new(|| mpsc(SMALL_N))),
+        ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, None))),
+        ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, Some(32)))),
+        ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, Some(1)))),
+        (
+            "ring_single_thread",
+            Box::new(|| ring_single_thread(SMALL_N)),
+        ),
+    ];
+    let large: Vec<Contender> = vec![
+        ("memcpy_hot_64KiB", Box::new(|| memcpy_hot(LARGE_N))),
+        ("memcpy_1MiB_set", Box::new(|| memcpy_set(LARGE_N))),
+        ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, None))),
+        ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, None))),
+    ];
+    // `small` or `large` as an argument runs only that half.
+    let only_small = std::env::args().any(|a| a == "small");
+    let only_large = std::env::args().any(|a| a == "large");
+    for (title, set, unit, per) in [
+        (
+            "64-byte packets, two threads",
+            &small,
+            "Mpkt/s",
+            SMALL_N as f64 / 1e6,
+        ),
+        (
+            "64 KiB packets",
+            &large,
+            "GiB/s",
+            (LARGE_N as f64) * (LARGE as f64) / (1u64 << 30) as f64,
+        ),
+    ] {
+        if (only_small && set.len() == large.len() && title.starts_with("64 KiB"))
+            || (only_large && title.starts_with("64-byte"))
+        {
+            continue;
+        }
+        // Warm-up round, not counted.
+        for (_, f) in set.iter() {
+            f();
+        }
+        let mut rates = vec![Vec::new(); set.len()];
+        for _ in 0..rounds {
+            for (i, (_, f)) in set.iter().enumerate() {
+                rates[i].push(per / f().as_secs_f64());
+            }
+        }
+        println!("## {title}: {rounds} interleaved rounds, {unit}");
+        for (i, (name, _)) in set.iter().enumerate() {
+            let mut r = rates[i].clone();
+            let all: Vec<String> = rates[i].iter().map(|x| format!("{x:.2}")).collect();
+            println!(
+                "{name:>20}: median {:7.2}  [{}]",
+                median(&mut r),
+                all.join(" ")
+            );
+        }
+        for base in 0..2 {
+            for cand in 2..set.len() {
+                let mut ratio: Vec<f64> = (0..rounds)
+                    .map(|k| rates[cand][k] / rates[base][k])
+                    .collect();
+                println!(
+                    "  {} / {}: median of per-round ratios {:.2}x",
+                    set[cand].0,
+                    set[base].0,
+                    median(&mut ratio)
+                );
+            }
+        }
+    }
+}
