@@ -11,121 +11,13 @@
 //! * 64 KiB packets: `kmcl::pipe` over a 1 MiB ring against single-thread memcpy of the
 //!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+mod contenders;
+
+use contenders::{LARGE, crossbeam, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread};
+use std::time::Duration;
 
 const SMALL_N: u64 = 400_000;
 const LARGE_N: u64 = 4_000;
-const LARGE: usize = 64 * 1024;
-
-fn ring(n: u64, len: usize, pages: u32, batch: Option<u32>) -> Duration {
-    let (mut tx, mut rx) = kmcl::pipe::pipe(pages).unwrap();
-    if let Some(b) = batch {
-        tx.set_batch(b);
-    }
-    let reader = std::thread::spawn(move || {
-        let mut sum = 0u64;
-        for _ in 0..n {
-            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
-        }
-        sum
-    });
-    let payload = vec![7u8; len];
-    let start = Instant::now();
-    for _ in 0..n {
-        tx.send(black_box(&payload)).unwrap();
-    }
-    tx.flush().unwrap();
-    black_box(reader.join().unwrap());
-    start.elapsed()
-}
-
-/// The ring's own cost with no second core involved: write 32 packets, publish, read them,
-/// release.
-fn ring_single_thread(n: u64) -> Duration {
-    use kmcl::ring::{IncomingRing, OutgoingRing, PacketHeader, TYPE_IN_BAND};
-    let view = kmcl::shmem::RingView::heap(16).unwrap();
-    let mut w = OutgoingRing::new(view.clone()).unwrap();
-    let mut r = IncomingRing::new(view).unwrap();
-    let header = PacketHeader {
-        packet_type: TYPE_IN_BAND,
-        flags: 0,
-        trans_id: 0,
-    };
-    let payload = [7u8; 64];
-    let mut buf = Vec::new();
-    let mut sum = 0u64;
-    let start = Instant::now();
-    for _ in 0..n / 32 {
-        for _ in 0..32 {
-            w.try_write(header, &[0; 8], black_box(&payload)).unwrap();
-        }
-        w.commit().unwrap();
-        while let Some(i) = r.read_packet(&mut buf).unwrap() {
-            sum = sum.wrapping_add(u64::from(buf[i.payload.start]));
-        }
-        r.commit_read().unwrap();
-    }
-    black_box(sum);
-    start.elapsed()
-}
-
-fn crossbeam(n: u64) -> Duration {
-    let (tx, rx) = crossbeam_channel::bounded::<[u8; 64]>(1024);
-    let reader = std::thread::spawn(move || {
-        let mut sum = 0u64;
-        for _ in 0..n {
-            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
-        }
-        sum
-    });
-    let start = Instant::now();
-    for _ in 0..n {
-        tx.send(black_box([7u8; 64])).unwrap();
-    }
-    black_box(reader.join().unwrap());
-    start.elapsed()
-}
-
-fn mpsc(n: u64) -> Duration {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<[u8; 64]>(1024);
-    let reader = std::thread::spawn(move || {
-        let mut sum = 0u64;
-        for _ in 0..n {
-            sum = sum.wrapping_add(u64::from(rx.recv().unwrap()[0]));
-        }
-        sum
-    });
-    let start = Instant::now();
-    for _ in 0..n {
-        tx.send(black_box([7u8; 64])).unwrap();
-    }
-    black_box(reader.join().unwrap());
-    start.elapsed()
-}
-
-fn memcpy_hot(n: u64) -> Duration {
-    let src = vec![7u8; LARGE];
-    let mut dst = vec![0u8; LARGE];
-    let start = Instant::now();
-    for _ in 0..n {
-        dst.copy_from_slice(black_box(&src));
-        black_box(&mut dst);
-    }
-    start.elapsed()
-}
-
-fn memcpy_set(n: u64) -> Duration {
-    let src: Vec<Vec<u8>> = (0..16).map(|_| vec![7u8; LARGE]).collect();
-    let mut dst: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; LARGE]).collect();
-    let start = Instant::now();
-    for i in 0..n {
-        let k = (i % 16) as usize;
-        dst[k].copy_from_slice(black_box(&src[k]));
-        black_box(&mut dst[k]);
-    }
-    start.elapsed()
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -151,9 +43,9 @@ fn main() {
     let small: Vec<Contender> = vec![
         ("crossbeam_bounded", Box::new(|| crossbeam(SMALL_N))),
         ("std_mpsc_sync", Box::new(|| mpsc(SMALL_N))),
-        ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, None))),
-        ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, Some(32)))),
-        ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, Some(1)))),
+        ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, 0))),
+        ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, 32))),
+        ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, 1))),
         (
             "ring_single_thread",
             Box::new(|| ring_single_thread(SMALL_N)),
@@ -162,8 +54,8 @@ fn main() {
     let large: Vec<Contender> = vec![
         ("memcpy_hot_64KiB", Box::new(|| memcpy_hot(LARGE_N))),
         ("memcpy_1MiB_set", Box::new(|| memcpy_set(LARGE_N))),
-        ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, None))),
-        ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, None))),
+        ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, 0))),
+        ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, 0))),
     ];
     // `small` or `large` as an argument runs only that half.
     let only_small = std::env::args().any(|a| a == "small");
