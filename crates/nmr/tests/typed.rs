@@ -112,16 +112,18 @@ impl Client<CalcNpi> for CalcClient {
     }
 }
 
-fn info(n: u128, name: &str) -> ModuleInfo {
-    ModuleInfo::new(ModuleId::Guid(nmr::Guid::from_u128(n))).named(name)
-}
-
-#[test]
-fn typed_modules_attach_and_call_each_other_through_bindings() {
-    let r = Registrar::new();
-    let prov = Arc::new(CalcProvider::default());
+/// Registers `prov` as a version-2 calc provider and a client that wants version 2; they
+/// attach to each other.
+fn calc_pair(
+    r: &Registrar,
+    prov: &Arc<CalcProvider>,
+) -> (
+    ProviderRegistration<CalcNpi>,
+    Arc<CalcClient>,
+    ClientRegistration<CalcNpi>,
+) {
     let pr = ProviderRegistration::<CalcNpi>::register(
-        &r,
+        r,
         info(1, "calc"),
         Some(Version(2)),
         prov.clone(),
@@ -132,7 +134,19 @@ fn typed_modules_attach_and_call_each_other_through_bindings() {
         ..Default::default()
     });
     let cr =
-        ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone()).unwrap();
+        ClientRegistration::<CalcNpi>::register(r, info(2, "user"), None, cli.clone()).unwrap();
+    (pr, cli, cr)
+}
+
+fn info(n: u128, name: &str) -> ModuleInfo {
+    ModuleInfo::new(ModuleId::Guid(nmr::Guid::from_u128(n))).named(name)
+}
+
+#[test]
+fn typed_modules_attach_and_call_each_other_through_bindings() {
+    let r = Registrar::new();
+    let prov = Arc::new(CalcProvider::default());
+    let (pr, cli, cr) = calc_pair(&r, &prov);
     let b = cli.providers.lock().unwrap()[0].clone();
     assert_eq!(b.call(|c| c.add(2, 3)), Ok(5));
     {
@@ -194,19 +208,7 @@ fn detach_pends_while_a_call_is_in_flight_and_completes_when_it_returns() {
     within(20, || {
         let r = Registrar::new();
         let prov = Arc::new(CalcProvider::default());
-        let pr = ProviderRegistration::<CalcNpi>::register(
-            &r,
-            info(1, "calc"),
-            Some(Version(2)),
-            prov.clone(),
-        )
-        .unwrap();
-        let cli = Arc::new(CalcClient {
-            want_version: 2,
-            ..Default::default()
-        });
-        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone())
-            .unwrap();
+        let (pr, cli, cr) = calc_pair(&r, &prov);
         let b = cli.providers.lock().unwrap()[0].clone();
         let guard = b.enter_owned().unwrap();
         let dereg = pr.deregister();
@@ -240,19 +242,7 @@ fn a_detach_hold_keeps_the_detach_pending_until_dropped() {
             hold_detach: AtomicBool::new(true),
             ..Default::default()
         });
-        let pr = ProviderRegistration::<CalcNpi>::register(
-            &r,
-            info(1, "calc"),
-            Some(Version(2)),
-            prov.clone(),
-        )
-        .unwrap();
-        let cli = Arc::new(CalcClient {
-            want_version: 2,
-            ..Default::default()
-        });
-        let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "user"), None, cli.clone())
-            .unwrap();
+        let (pr, _cli, cr) = calc_pair(&r, &prov);
         let dereg = cr.deregister();
         assert_eq!(prov.holds.lock().unwrap().len(), 1);
         assert!(!dereg.is_complete());
