@@ -262,16 +262,18 @@ mod live {
     //! Borrowing what a registration owns past the registry lock, without an `Arc` clone
     //! (two atomic read-modify-writes) per callback.
     //!
-    //! A registration's callbacks and instance sit behind `Arc`s that are set once at
+    //! A registration's callbacks and instance sit behind an `Arc` and a `Box` set once at
     //! registration and dropped only when `wait` removes the registration, which it does only
     //! once the registration has no binding left. A binding leaves its registrations' lists
     //! only after its last callback returned (discarded after the attach, or retired after
     //! both cleanups). So while a callback for a binding runs, both registrations of that
-    //! binding, and what their `Arc`s point to, stay alive, even with the lock released.
+    //! binding, and what their `Arc` and `Box` point to, stay alive, even with the lock
+    //! released.
     use crate::sync::Arc;
     use std::ptr::NonNull;
 
-    /// A pointer to the contents of an `Arc` held by a registration of a live binding.
+    /// A pointer to the contents of an `Arc` or `Box` held by a registration of a live
+    /// binding.
     pub(super) struct Live<T: ?Sized>(NonNull<T>);
 
     impl<T: ?Sized> Clone for Live<T> {
@@ -286,6 +288,12 @@ mod live {
         /// Points at `a`'s contents, which do not move while `a` (or a clone) lives.
         pub(super) fn of(a: &Arc<T>) -> Self {
             Live(NonNull::from(&**a))
+        }
+
+        /// Points at `r`, the contents of a `Box` a registration holds (they do not move
+        /// while the box lives).
+        pub(super) fn of_boxed(r: &T) -> Self {
+            Live(NonNull::from(r))
         }
 
         /// The pointee.
@@ -304,7 +312,8 @@ use live::Live;
 
 struct Reg {
     role: Role,
-    instance: Arc<RegistrationInstance>,
+    /// Boxed: attach callbacks borrow it past the lock (see [`live`]).
+    instance: Box<RegistrationInstance>,
     callbacks: Callbacks,
     deregistering: bool,
     /// Live bindings (attaching through cleaning up), by slab index.
@@ -558,7 +567,7 @@ impl Registrar {
         // What the register event shows, kept aside so the instance moves into the registry
         // without an `Arc` clone (no atomic at all for a module without a name).
         let (module_id, name) = (instance.module_id, instance.name.clone());
-        let instance = Arc::new(instance);
+        let instance = Box::new(instance);
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
         let mut started = 0;
         let (handle, first) = {
@@ -666,10 +675,10 @@ impl Registrar {
             binding: BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
             client_reg: handle::encode(Kind::Client, r.regs.id_of(client)),
             client_cb: Live::of(client_cb),
-            provider_instance: Live::of(&p.instance),
+            provider_instance: Live::of_boxed(&p.instance),
             provider_reg: handle::encode(Kind::Provider, r.regs.id_of(provider)),
             provider_cb: Live::of(provider_cb),
-            client_instance: Live::of(&c.instance),
+            client_instance: Live::of_boxed(&c.instance),
         })
     }
 
