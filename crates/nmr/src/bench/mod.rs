@@ -10,7 +10,12 @@
 //! * **mutex + count**: the docs' "programming considerations" pattern, a lock around an
 //!   in-progress count and a detaching flag.
 //!
+//! The registrar rows compare against [`usersim`], a model of usersim's NMR engine (the
+//! only maintained user-mode NMR) run in the same process on the same scenarios.
+//!
 //! Only available with the `bench` cargo feature.
+
+pub mod usersim;
 
 use crate::rundown::{self, Mode};
 use crate::typed::{
@@ -671,6 +676,175 @@ pub fn register_pairs_per_sec(duration: Duration) -> f64 {
         t.join()
             .unwrap_or_else(|_| panic!("benchmark thread panicked"));
     }
+    let secs = start.elapsed().as_secs_f64();
+    cycles.load(Ordering::Relaxed) as f64 / 2.0 / secs
+}
+
+/// Non-NULL binding contexts and dispatches for the usersim model's modules: usersim skips
+/// the detach and cleanup callbacks of a NULL context, and ours calls them regardless, so
+/// non-NULL values make both do the same work.
+const US_CLIENT_CONTEXT: usize = 0x10;
+const US_CLIENT_DISPATCH: usize = 0x20;
+const US_PROVIDER_CONTEXT: usize = 0x30;
+const US_PROVIDER_DISPATCH: usize = 0x40;
+
+/// The usersim model's client: the work of [`pair_lifecycle_core_ns`]'s client (attach,
+/// one call through the dispatch, detach answers done, nothing to clean up).
+struct UsersimClient {
+    op: Arc<dyn Op>,
+}
+
+impl UsersimClient {
+    fn new() -> Self {
+        UsersimClient {
+            op: Arc::new(Mix(7)),
+        }
+    }
+}
+
+impl usersim::ClientModule for UsersimClient {
+    fn attach_provider(
+        &self,
+        attach: &usersim::Attach<'_, '_>,
+        _: usize,
+        _: &usersim::Instance,
+    ) -> Status {
+        match attach.client_attach_provider(US_CLIENT_CONTEXT, US_CLIENT_DISPATCH) {
+            Ok(_) => {
+                black_box(black_box(&self.op).op(1));
+                Status::SUCCESS
+            }
+            Err(s) => s,
+        }
+    }
+    fn detach_provider(&self, _: usize) -> usersim::Detach {
+        usersim::Detach::Done
+    }
+    fn cleanup_binding_context(&self, _: usize) {}
+}
+
+/// The usersim model's provider: accepts every client, detach answers done.
+struct UsersimProvider;
+
+impl usersim::ProviderModule for UsersimProvider {
+    fn attach_client(
+        &self,
+        _: usersim::BindingHandle,
+        _: usize,
+        _: &usersim::Instance,
+        _: usize,
+        _: usize,
+    ) -> Result<(usize, usize), Status> {
+        Ok((US_PROVIDER_CONTEXT, US_PROVIDER_DISPATCH))
+    }
+    fn detach_client(&self, _: usize) -> usersim::Detach {
+        usersim::Detach::Done
+    }
+    fn cleanup_binding_context(&self, _: usize) {}
+}
+
+fn us_instance(module: u128) -> usersim::Instance {
+    usersim::Instance {
+        npi: BenchNpi::ID,
+        module: ModuleId::Guid(Guid::from_u128(module)),
+        number: 0,
+    }
+}
+
+/// Deregisters a client the way usersim's (pre-#319) API requires: wait only if pending.
+fn us_unload_client(nmr: &usersim::Nmr<'_>, h: usersim::RegistrationHandle) {
+    if nmr.deregister_client(h) == usersim::Deregistered::Pending {
+        nmr.wait_for_client_deregister_complete(h);
+    }
+}
+
+fn us_unload_provider(nmr: &usersim::Nmr<'_>, h: usersim::RegistrationHandle) {
+    if nmr.deregister_provider(h) == usersim::Deregistered::Pending {
+        nmr.wait_for_provider_deregister_complete(h);
+    }
+}
+
+/// [`pair_lifecycle_core_ns`] on the [`usersim`] model: the same loop, timer and callback
+/// work. Nanoseconds per lifecycle, mean over `iters`.
+#[must_use]
+pub fn usersim_pair_lifecycle_ns(iters: u64) -> f64 {
+    let (client, provider) = (UsersimClient::new(), UsersimProvider);
+    let nmr = usersim::Nmr::new();
+    let p = nmr.register_provider(us_instance(1), &provider, 0);
+    let run = |n: u64| {
+        let start = CpuTimer::start();
+        for _ in 0..n {
+            let h = nmr.register_client(us_instance(2), &client, 0);
+            us_unload_client(&nmr, h);
+        }
+        start.elapsed()
+    };
+    run(iters / 10 + 1);
+    let t = run(iters);
+    us_unload_provider(&nmr, p);
+    ns(t) / iters as f64
+}
+
+/// [`per_binding_core_ns`] on the [`usersim`] model: a client against `n` persistent
+/// providers, nanoseconds per binding, mean over `cycles`.
+#[must_use]
+pub fn usersim_per_binding_ns(n: usize, cycles: u64) -> f64 {
+    let (client, provider) = (UsersimClient::new(), UsersimProvider);
+    let nmr = usersim::Nmr::new();
+    let providers: Vec<_> = (0..n)
+        .map(|i| nmr.register_provider(us_instance(1000 + i as u128), &provider, 0))
+        .collect();
+    let cycle = || {
+        let h = nmr.register_client(us_instance(1), &client, 0);
+        us_unload_client(&nmr, h);
+    };
+    cycle(); // warm up
+    let start = CpuTimer::start();
+    for _ in 0..cycles {
+        cycle();
+    }
+    let t = start.elapsed();
+    for p in providers {
+        us_unload_provider(&nmr, p);
+    }
+    ns(t) / cycles as f64 / n as f64
+}
+
+/// [`register_pairs_per_sec`] on the [`usersim`] model: two threads on one NPI for
+/// `duration`, one cycling clients, the other providers. Pairs per second.
+#[must_use]
+pub fn usersim_register_pairs_per_sec(duration: Duration) -> f64 {
+    let (client, provider) = (UsersimClient::new(), UsersimProvider);
+    let nmr = usersim::Nmr::new();
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(3);
+    let cycles = AtomicU64::new(0);
+    let start = std::thread::scope(|s| {
+        for is_client in [true, false] {
+            let (nmr, stop, barrier, cycles) = (&nmr, &stop, &barrier, &cycles);
+            let (client, provider) = (&client, &provider);
+            s.spawn(move || {
+                barrier.wait();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if is_client {
+                        let h = nmr.register_client(us_instance(2), client, 0);
+                        us_unload_client(nmr, h);
+                    } else {
+                        let h = nmr.register_provider(us_instance(1), provider, 0);
+                        us_unload_provider(nmr, h);
+                    }
+                    n += 1;
+                }
+                cycles.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        start
+    });
     let secs = start.elapsed().as_secs_f64();
     cycles.load(Ordering::Relaxed) as f64 / 2.0 / secs
 }
