@@ -1,5 +1,6 @@
 //! Criterion: the registrar's targets (pair lifecycle, N providers, 2-thread registration
-//! throughput, detach latency).
+//! throughput, detach latency), each registrar scenario also on the usersim model
+//! (`usersim_*`), the baseline.
 #![expect(
     missing_docs,
     reason = "criterion_group! generates an undocumented function"
@@ -19,6 +20,11 @@ fn registrar(c: &mut Criterion) {
             Duration::from_secs_f64(bench::pair_lifecycle_ns(iters) * iters as f64 / 1e9)
         });
     });
+    g.bench_function("usersim_pair_lifecycle", |b| {
+        b.iter_custom(|iters| {
+            Duration::from_secs_f64(bench::usersim_pair_lifecycle_ns(iters) * iters as f64 / 1e9)
+        });
+    });
     for n in [10usize, 100, 1000, 10_000] {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("client_vs_{n}_providers"), |b| {
@@ -28,12 +34,25 @@ fn registrar(c: &mut Criterion) {
                 )
             });
         });
+        g.bench_function(format!("usersim_client_vs_{n}_providers"), |b| {
+            b.iter_custom(|iters| {
+                Duration::from_secs_f64(
+                    bench::usersim_per_binding_ns(n, iters) * (iters * n as u64) as f64 / 1e9,
+                )
+            });
+        });
     }
     g.throughput(Throughput::Elements(1));
     g.bench_function("two_thread_register_pair", |b| {
         b.iter_custom(|iters| {
             // Time per pair at the measured 2-thread rate.
             let rate = bench::register_pairs_per_sec(Duration::from_millis(100));
+            Duration::from_secs_f64(iters as f64 / rate)
+        });
+    });
+    g.bench_function("usersim_two_thread_register_pair", |b| {
+        b.iter_custom(|iters| {
+            let rate = bench::usersim_register_pairs_per_sec(Duration::from_millis(100));
             Duration::from_secs_f64(iters as f64 / rate)
         });
     });

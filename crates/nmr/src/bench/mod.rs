@@ -641,20 +641,40 @@ pub fn per_binding_ns(n: usize, cycles: u64) -> f64 {
 /// registered. Pairs per second: (client cycles + provider cycles) / 2 / seconds.
 #[must_use]
 pub fn register_pairs_per_sec(duration: Duration) -> f64 {
+    register_pairs_stats(duration).pairs_per_sec
+}
+
+/// What a 2-thread registration measurement saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairStats {
+    /// (client cycles + provider cycles) / 2 / seconds.
+    pub pairs_per_sec: f64,
+    /// How many of the two threads ran at once on average (their CPU time over the wall
+    /// time): near 2 on an otherwise idle machine; near 1 when they took turns on one CPU,
+    /// and then bindings rarely form and the lock is rarely contended.
+    pub concurrency: f64,
+}
+
+/// [`register_pairs_per_sec`], with how much the two threads overlapped.
+#[must_use]
+pub fn register_pairs_stats(duration: Duration) -> PairStats {
     let nmr = Registrar::new();
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(3));
     let cycles = Arc::new(AtomicU64::new(0));
+    let cpu_ns = Arc::new(AtomicU64::new(0));
     let spawn = |is_client: bool| {
-        let (nmr, stop, barrier, cycles) = (
+        let (nmr, stop, barrier, cycles, cpu_ns) = (
             nmr.clone(),
             Arc::clone(&stop),
             Arc::clone(&barrier),
             Arc::clone(&cycles),
+            Arc::clone(&cpu_ns),
         );
         std::thread::spawn(move || {
             let c = client(false);
             barrier.wait();
+            let cpu = CpuTimer::start();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if is_client {
@@ -665,6 +685,7 @@ pub fn register_pairs_per_sec(duration: Duration) -> f64 {
                 n += 1;
             }
             cycles.fetch_add(n, Ordering::Relaxed);
+            cpu_ns.fetch_add(duration_ns(cpu.elapsed()), Ordering::Relaxed);
         })
     };
     let threads = [spawn(true), spawn(false)];
@@ -677,7 +698,18 @@ pub fn register_pairs_per_sec(duration: Duration) -> f64 {
             .unwrap_or_else(|_| panic!("benchmark thread panicked"));
     }
     let secs = start.elapsed().as_secs_f64();
-    cycles.load(Ordering::Relaxed) as f64 / 2.0 / secs
+    pair_stats(&cycles, &cpu_ns, secs)
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn pair_stats(cycles: &AtomicU64, cpu_ns: &AtomicU64, secs: f64) -> PairStats {
+    PairStats {
+        pairs_per_sec: cycles.load(Ordering::Relaxed) as f64 / 2.0 / secs,
+        concurrency: cpu_ns.load(Ordering::Relaxed) as f64 / 1e9 / secs,
+    }
 }
 
 /// Non-NULL binding contexts and dispatches for the usersim model's modules: usersim skips
@@ -814,17 +846,25 @@ pub fn usersim_per_binding_ns(n: usize, cycles: u64) -> f64 {
 /// `duration`, one cycling clients, the other providers. Pairs per second.
 #[must_use]
 pub fn usersim_register_pairs_per_sec(duration: Duration) -> f64 {
+    usersim_register_pairs_stats(duration).pairs_per_sec
+}
+
+/// [`usersim_register_pairs_per_sec`], with how much the two threads overlapped.
+#[must_use]
+pub fn usersim_register_pairs_stats(duration: Duration) -> PairStats {
     let (client, provider) = (UsersimClient::new(), UsersimProvider);
     let nmr = usersim::Nmr::new();
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(3);
     let cycles = AtomicU64::new(0);
+    let cpu_ns = AtomicU64::new(0);
     let start = std::thread::scope(|s| {
         for is_client in [true, false] {
-            let (nmr, stop, barrier, cycles) = (&nmr, &stop, &barrier, &cycles);
+            let (nmr, stop, barrier, cycles, cpu_ns) = (&nmr, &stop, &barrier, &cycles, &cpu_ns);
             let (client, provider) = (&client, &provider);
             s.spawn(move || {
                 barrier.wait();
+                let cpu = CpuTimer::start();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     if is_client {
@@ -837,6 +877,7 @@ pub fn usersim_register_pairs_per_sec(duration: Duration) -> f64 {
                     n += 1;
                 }
                 cycles.fetch_add(n, Ordering::Relaxed);
+                cpu_ns.fetch_add(duration_ns(cpu.elapsed()), Ordering::Relaxed);
             });
         }
         barrier.wait();
@@ -846,7 +887,7 @@ pub fn usersim_register_pairs_per_sec(duration: Duration) -> f64 {
         start
     });
     let secs = start.elapsed().as_secs_f64();
-    cycles.load(Ordering::Relaxed) as f64 / 2.0 / secs
+    pair_stats(&cycles, &cpu_ns, secs)
 }
 
 /// Detach of a binding with no call in flight: from the provider's deregister to its wait
@@ -1118,40 +1159,58 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
         });
     }
 
-    // Registrar.
-    let life = median_of(runs, || pair_lifecycle_ns(effort.lifecycles));
-    let core = median_of(runs, || pair_lifecycle_core_ns(effort.lifecycles));
+    // Registrar. Each run measures ours and the usersim model back to back, so a burst of
+    // load from elsewhere on the machine hits both alike.
+    let (mut life, mut core, mut us_life) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        life.push(pair_lifecycle_ns(effort.lifecycles));
+        core.push(pair_lifecycle_core_ns(effort.lifecycles));
+        us_life.push(usersim_pair_lifecycle_ns(effort.lifecycles));
+    }
+    let (life, core, us_life) = (median(&mut life), median(&mut core), median(&mut us_life));
     rows.push(Row {
         name: "pair lifecycle, typed layer (register, attach, 1 call through the binding, deregister, 2 detaches, 2 cleanups, wait)"
             .into(),
         value: format!("{life:.0} ns"),
         target: "≤ 150 ns".into(),
-        ratios: format!("{:.2}× usersim (284 ns)", life / 284.0),
+        ratios: format!(
+            "{:.2}× usersim model ({us_life:.0} ns; usersim itself: 284 ns on the AMD machine of peers.md §5)",
+            life / us_life
+        ),
         met: Some(life <= 150.0),
     });
     rows.push(Row {
         name: "pair lifecycle, untyped core (C-ABI modules, same steps)".into(),
         value: format!("{core:.0} ns"),
         target: "≤ 150 ns".into(),
-        ratios: format!("{:.2}× usersim (284 ns)", core / 284.0),
+        ratios: format!("{:.2}× usersim model ({us_life:.0} ns)", core / us_life),
         met: Some(core <= 150.0),
     });
     let mut per = Vec::new();
     let mut core_per = Vec::new();
+    let mut us_per = Vec::new();
     for n in [10usize, 100, 1000, 10_000] {
         let cycles = (effort.bindings / n as u64).max(3);
-        let v = median_of(runs, || per_binding_ns(n, cycles));
-        let c = median_of(runs, || per_binding_core_ns(n, cycles));
+        let (mut v, mut c, mut u) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            v.push(per_binding_ns(n, cycles));
+            c.push(per_binding_core_ns(n, cycles));
+            u.push(usersim_per_binding_ns(n, cycles));
+        }
+        let (v, c, u) = (median(&mut v), median(&mut c), median(&mut u));
         per.push(v);
         core_per.push(c);
+        us_per.push(u);
         rows.push(Row {
             name: format!("client against N = {n} providers, per binding (typed layer)"),
             value: format!("{v:.0} ns"),
             target: "flat within 1.3×".into(),
             ratios: format!(
-                "{:.2}× N = 10; untyped core {c:.0} ns ({:.2}× its N = 10); usersim 200–300 ns, growing",
+                "{:.2}× N = 10; untyped core {c:.0} ns ({:.2}× its N = 10); {:.2}× usersim model ({u:.0} ns, {:.2}× its N = 10; usersim itself 200–300 ns on the AMD machine)",
                 v / per[0],
-                c / core_per[0]
+                c / core_per[0],
+                v / u,
+                u / us_per[0]
             ),
             met: None,
         });
@@ -1163,22 +1222,39 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
     };
     let (lo, hi) = spread(&per);
     let (clo, chi) = spread(&core_per);
+    let (ulo, uhi) = spread(&us_per);
     rows.push(Row {
         name: "per-binding cost, N = 10 → 10 000: max / min".into(),
         value: format!("{:.2}× typed, {:.2}× core", hi / lo, chi / clo),
         target: "≤ 1.3×".into(),
-        ratios: format!("typed {lo:.0}–{hi:.0} ns; core {clo:.0}–{chi:.0} ns"),
+        ratios: format!(
+            "typed {lo:.0}–{hi:.0} ns; core {clo:.0}–{chi:.0} ns; usersim model {ulo:.0}–{uhi:.0} ns ({:.2}×)",
+            uhi / ulo
+        ),
         met: Some(hi / lo <= 1.3 && chi / clo <= 1.3),
     });
-    let pairs = median_of(runs, || register_pairs_per_sec(effort.pairs_duration));
+    let (mut pairs, mut us_pairs) = (Vec::new(), Vec::new());
+    let (mut overlap_ours, mut overlap_us) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (ours, theirs) = (
+            register_pairs_stats(effort.pairs_duration),
+            usersim_register_pairs_stats(effort.pairs_duration),
+        );
+        pairs.push(ours.pairs_per_sec);
+        us_pairs.push(theirs.pairs_per_sec);
+        overlap_ours.push(ours.concurrency);
+        overlap_us.push(theirs.concurrency);
+    }
+    let (pairs, us_pairs) = (median(&mut pairs), median(&mut us_pairs));
+    let (overlap_ours, overlap_us) = (median(&mut overlap_ours), median(&mut overlap_us));
     rows.push(Row {
         name: "2 threads registering/deregistering on one NPI".into(),
         value: format!("{:.0}k pairs/s", pairs / 1000.0),
         target: "≥ 400k pairs/s".into(),
         ratios: format!(
-            "{:.1}–{:.1}× usersim (126k–156k)",
-            pairs / 156_000.0,
-            pairs / 126_000.0
+            "{:.2}× usersim model ({:.0}k pairs/s; usersim itself 126k–156k on the AMD machine); CPU busy {overlap_ours:.2} of 2 (model {overlap_us:.2})",
+            pairs / us_pairs,
+            us_pairs / 1000.0,
         ),
         met: Some(pairs >= 400_000.0),
     });
@@ -1214,8 +1290,18 @@ pub fn report(effort: Effort, counters: Option<&dyn Fn() -> (usize, usize)>) -> 
     notes.push(
         "Call, lifecycle and per-binding rows time each thread's CPU time \
          (CLOCK_THREAD_CPUTIME_ID), so load from other processes does not count; call runs \
-         are interleaved across paths. The 2-thread throughput and detach rows are \
-         wall-clock."
+         are interleaved across paths, registrar runs alternate with the usersim model's. \
+         The 2-thread throughput and detach rows are wall-clock; \"CPU busy\" is the two \
+         threads' CPU time over the wall time (below 2 when they sleep on a lock or wait \
+         for a CPU)."
+            .to_owned(),
+    );
+    notes.push(
+        "usersim model: `nmr::bench::usersim`, a Rust model of usersim's NMR engine \
+         (pre-#319: one mutex, ordered maps, a scan of every binding per deregistration, \
+         cleanups under the lock) doing the same locks, atomics and allocations per \
+         operation, measured in the same run with the same callbacks and timers; the \
+         usersim figures of peers.md §5 were taken on a different (AMD) machine."
             .to_owned(),
     );
     notes.push(format!(

@@ -48,12 +48,15 @@
 //!   entries do not, so the model makes one allocation and one free per binding **fewer**
 //!   than usersim, and its lookups touch fewer cache lines. Both make it slightly faster
 //!   than the original: the ratios to it are conservative.
-//! * **Mutex and condition variable.** `std::sync::Mutex` is a futex word like glibc's
-//!   `pthread_mutex_t` behind `std::mutex` (one locked read-modify-write to lock, one to
-//!   unlock), inlined rather than called through the PLT. std's `Condvar::notify_all`
-//!   always makes a system call, where glibc's `pthread_cond_broadcast` returns after one
-//!   load when nobody waits; the model counts its waiters under the lock and skips the
-//!   notification when there are none, which is what glibc does.
+//! * **Mutex and condition variable.** On Linux, the model's (submodule `lock`) are glibc's
+//!   algorithms on a futex word, which is what `std::mutex` and `std::condition_variable`
+//!   are with g++ and glibc: uncontended, one locked read-modify-write to lock and one to
+//!   unlock (as `std::sync::Mutex`); contended, **no spinning** — the waiter sleeps in the
+//!   kernel at once and the holder pays a wake-up on unlock — where `std::sync::Mutex`
+//!   would spin first and hide most of that cost. The condition variable is only notified
+//!   while someone waits (the engine counts its waiters under the lock), as glibc's
+//!   broadcast returns after one load when nobody waits. Elsewhere the model uses
+//!   `std::sync::{Mutex, Condvar}`.
 //! * **Vectors** grow by doubling from 1, as libstdc++'s do.
 //! * **Attach actions** are a boxed struct holding the binding's `Arc` rather than a
 //!   `std::function` over a lambda; libstdc++ heap-allocates such a lambda (40 bytes, over
@@ -95,9 +98,11 @@ use crate::{ModuleId, NpiId, Status};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+
+mod lock;
+use lock::{Cond, Guard, Lock};
 
 /// A registration handle: a counter value (usersim casts it to `HANDLE`).
 pub type RegistrationHandle = usize;
@@ -277,8 +282,8 @@ struct State<'a> {
 
 /// The model registrar. Callbacks are borrowed for `'a`.
 pub struct Nmr<'a> {
-    state: Mutex<State<'a>>,
-    changed: Condvar,
+    state: Lock<State<'a>>,
+    changed: Cond,
 }
 
 impl fmt::Debug for Nmr<'_> {
@@ -392,19 +397,19 @@ impl<'a> Nmr<'a> {
     #[must_use]
     pub fn new() -> Self {
         Nmr {
-            state: Mutex::new(State {
+            state: Lock::new(State {
                 bindings: BTreeMap::new(),
                 clients: BTreeMap::new(),
                 providers: BTreeMap::new(),
                 next_handle: 1,
                 waiters: 0,
             }),
-            changed: Condvar::new(),
+            changed: Cond::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<'a>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> Guard<'_, State<'a>> {
+        self.state.lock()
     }
 
     /// (clients, providers, bindings) currently registered.
@@ -739,20 +744,12 @@ impl<'a> Nmr<'a> {
         };
         if r.binding_count.load(Ordering::SeqCst) > 0 {
             st.waiters += 1;
-            loop {
-                let (guard, timeout) = self
-                    .changed
-                    .wait_timeout_while(st, Duration::from_secs(10), |s| {
-                        regs(s)
-                            .get(&h)
-                            .is_some_and(|r| r.binding_count.load(Ordering::SeqCst) > 0)
-                    })
-                    .unwrap_or_else(PoisonError::into_inner);
-                st = guard;
-                // (usersim asserts after each timed-out slice in debug builds.)
-                if !timeout.timed_out() {
-                    break;
-                }
+            // In 10 s slices, as usersim (which asserts after each in debug builds).
+            while regs(&mut st)
+                .get(&h)
+                .is_some_and(|r| r.binding_count.load(Ordering::SeqCst) > 0)
+            {
+                self.changed.wait(&mut st);
             }
             st.waiters -= 1;
         }
@@ -766,6 +763,7 @@ impl<'a> Nmr<'a> {
 mod tests {
     use super::*;
     use crate::Guid;
+    use std::sync::Mutex;
     use std::sync::atomic::AtomicU32;
 
     const NPI: NpiId = NpiId::from_u128(0x5EED_0000_0000_0000_0000_0000_0000_0001);
