@@ -37,9 +37,9 @@
 //! | wait (remove) | lock, look up; while the count is not 0, wait on the condition variable (in 10 s slices); erase the registration; unlock. |
 //!
 //! A lifecycle of one client bound to one provider, detaches answering done, therefore
-//! takes 10 lock acquisitions, 4 interlocked count updates, 8 reference-count updates and
-//! 5 heap allocations, plus map operations and the scans — the same as usersim's, at the
-//! same points, in the same order.
+//! takes 10 lock acquisitions, 4 interlocked count updates, 9 reference-count updates and
+//! 6 heap allocations (usersim: 7, see below), plus the map operations and the scans — as
+//! usersim's, at the same points, in the same order.
 //!
 //! # Where the model differs, and why the cost stays comparable
 //!
