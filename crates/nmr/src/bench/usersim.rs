@@ -1,8 +1,8 @@
 //! A model of usersim's NMR engine, the baseline of the registrar benchmarks.
 //!
 //! [microsoft/usersim](https://github.com/microsoft/usersim) (`src/nmr_impl.{h,cpp}`,
-//! `src/nmr_um.cpp`, MIT) is the only maintained user-mode NMR. It is C++ and
-//! Windows-only, so it cannot be linked into this benchmark; this module is an
+//! `src/nmr_um.cpp`, MIT) is the only maintained user-mode NMR. It is C++ written against
+//! the Windows headers, so it cannot be linked into this benchmark; this module is an
 //! independent Rust re-implementation of its *algorithm* — the engine as it stood before
 //! usersim PR #319 (the version the figures in `peers.md` §5 were taken on) — doing the
 //! same work per operation with the std equivalents of the C++ types, so the benchmark can
@@ -46,8 +46,9 @@
 //! * **Maps.** `BTreeMap` allocates nodes of 11 entries where `std::map` allocates one
 //!   node per entry. The registrations get a `Box` each, like a map node; binding-map
 //!   entries do not, so the model makes one allocation and one free per binding **fewer**
-//!   than usersim, and its lookups touch fewer cache lines. Both make it slightly faster
-//!   than the original: the ratios to it are conservative.
+//!   than usersim, and its lookups touch fewer cache lines. With the lock below being
+//!   inlined where glibc's is a call through the PLT, all three make the model slightly
+//!   faster than the original: ratios to it are conservative.
 //! * **Mutex and condition variable.** On Linux, the model's (submodule `lock`) are glibc's
 //!   algorithms on a futex word, which is what `std::mutex` and `std::condition_variable`
 //!   are with g++ and glibc: uncontended, one locked read-modify-write to lock and one to
