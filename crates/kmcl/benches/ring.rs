@@ -10,7 +10,9 @@
 
 mod contenders;
 
-use contenders::{LARGE, crossbeam, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread};
+use contenders::{
+    LARGE, crossbeam, handoff_ceiling, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread,
+};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -52,6 +54,10 @@ fn large_packets(c: &mut Criterion) {
     // The same 1 MiB footprint as the ring below: 16 source and 16 destination buffers.
     g.bench_function("memcpy_one_thread_1MiB_working_set", |b| {
         b.iter_custom(|it| memcpy_set(it * N))
+    });
+    // The two-core ceiling: a plain SPSC queue of 16 x 64 KiB buffers, no VMBus format.
+    g.bench_function("handoff_ceiling_16x64KiB", |b| {
+        b.iter_custom(|it| handoff_ceiling(it * N, 16))
     });
     // 1 MiB ring: 15 packets in flight; 256 KiB ring: 3 (stays in the L2 caches).
     g.bench_function("kmcl_ring_two_threads_1MiB_ring", |b| {

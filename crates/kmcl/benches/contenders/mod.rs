@@ -120,3 +120,99 @@ pub(crate) fn memcpy_set(n: u64) -> Duration {
     }
     start.elapsed()
 }
+
+/// The physical ceiling of a two-core handoff of 64 KiB blocks, with no VMBus format: a
+/// plain single-producer single-consumer queue of `slots` buffers of [`LARGE`] bytes and two
+/// atomic counters. The writer copies its source into a free slot (`copy_from_slice`) and
+/// publishes it with a release store; the reader copies the slot out into its own buffer and
+/// releases it. Both spin, then yield, when they must wait (no sleeping, no signals). Moves
+/// `n` blocks; returns the time.
+pub(crate) fn handoff_ceiling(n: u64, slots: usize) -> Duration {
+    let q = std::sync::Arc::new(handoff::Spsc::new(slots));
+    let reader = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let mut dst = vec![0u8; LARGE];
+            let mut sum = 0u64;
+            for _ in 0..n {
+                q.pop_into(&mut dst);
+                sum = sum.wrapping_add(u64::from(black_box(&dst)[LARGE - 1]));
+            }
+            sum
+        })
+    };
+    let src = vec![7u8; LARGE];
+    let start = Instant::now();
+    for _ in 0..n {
+        q.push_from(black_box(&src));
+    }
+    black_box(reader.join().unwrap());
+    start.elapsed()
+}
+
+/// The ceiling's queue: the only `unsafe` code of the benches.
+mod handoff {
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crossbeam_utils::{Backoff, CachePadded};
+
+    use super::LARGE;
+
+    /// `slots` buffers; `head` counts blocks published by the one writer, `tail` blocks
+    /// released by the one reader. Slot `i % slots` belongs to the writer while
+    /// `i - tail < slots` and `i >= head`, to the reader while `tail <= i < head`.
+    pub(crate) struct Spsc {
+        bufs: Vec<UnsafeCell<Box<[u8]>>>,
+        head: CachePadded<AtomicU64>,
+        tail: CachePadded<AtomicU64>,
+    }
+
+    // SAFETY: each buffer is accessed by one thread at a time, handed over by the release
+    // stores and acquire loads of `head` (writer to reader) and `tail` (reader to writer).
+    unsafe impl Sync for Spsc {}
+
+    impl Spsc {
+        pub(crate) fn new(slots: usize) -> Self {
+            Self {
+                bufs: (0..slots)
+                    .map(|_| UnsafeCell::new(vec![0u8; LARGE].into_boxed_slice()))
+                    .collect(),
+                head: CachePadded::new(AtomicU64::new(0)),
+                tail: CachePadded::new(AtomicU64::new(0)),
+            }
+        }
+
+        /// Writer only.
+        pub(crate) fn push_from(&self, src: &[u8]) {
+            let h = self.head.load(Ordering::Relaxed);
+            let backoff = Backoff::new();
+            while h - self.tail.load(Ordering::Acquire) == self.bufs.len() as u64 {
+                backoff.snooze();
+            }
+            let slot = self.bufs[(h % self.bufs.len() as u64) as usize].get();
+            // SAFETY: slot `h` is free (`h - tail < slots`): the reader released it (its
+            // copy happened before its release store, which our acquire load saw) and will
+            // not touch it again until our release store of `h + 1` below.
+            let buf = unsafe { &mut *slot };
+            buf.copy_from_slice(src);
+            self.head.store(h + 1, Ordering::Release);
+        }
+
+        /// Reader only.
+        pub(crate) fn pop_into(&self, dst: &mut [u8]) {
+            let t = self.tail.load(Ordering::Relaxed);
+            let backoff = Backoff::new();
+            while self.head.load(Ordering::Acquire) == t {
+                backoff.snooze();
+            }
+            let slot = self.bufs[(t % self.bufs.len() as u64) as usize].get();
+            // SAFETY: slot `t` is published (`t < head`, seen with acquire): the writer's
+            // copy into it is complete and it will not write it again until our release
+            // store of `t + 1` below.
+            let buf = unsafe { &*slot };
+            dst.copy_from_slice(buf);
+            self.tail.store(t + 1, Ordering::Release);
+        }
+    }
+}
