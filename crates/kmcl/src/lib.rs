@@ -58,6 +58,7 @@ pub mod channel;
 pub mod echo;
 mod error;
 pub mod event;
+pub mod gpadl;
 pub mod lifecycle;
 pub mod pipe;
 pub mod ring;
@@ -70,5 +71,8 @@ pub use channel::{
     PacketCompletion, PacketToken, SendFlags, StateCallbacks,
 };
 pub use error::Error;
+pub use gpadl::{
+    ExternalRange, ExternalView, GpadlBuffer, GpadlFlags, GpadlHandle, GpadlMapping, MapAccess,
+};
 pub use lifecycle::{Phase, Role};
 pub use transport::{Connector, UnixListener};
