@@ -11,12 +11,16 @@
 //! * 64 KiB packets: `kmcl::pipe` over a 1 MiB ring against single-thread memcpy of the
 //!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set,
 //!   and against the two-core ceiling: a plain SPSC queue of 16 (and 4) 64 KiB buffers with
-//!   no VMBus format, one copy in and one copy out (`handoff_ceiling`).
+//!   no VMBus format, one copy in and one copy out (`handoff_ceiling`). Also through a
+//!   GPADL: a channel pair whose client fills one of 16 (or 4) 64 KiB slots of a GPADL and
+//!   sends a GPA-direct packet naming it; the server copies the payload out through
+//!   `external_data()` and completes, which frees the slot (`gpadl_slots`).
 
 mod contenders;
 
 use contenders::{
-    LARGE, crossbeam, handoff_ceiling, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread,
+    LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
+    ring, ring_single_thread,
 };
 use std::time::Duration;
 
@@ -65,6 +69,21 @@ fn main() {
         ("ceiling_4x64KiB", Box::new(|| handoff_ceiling(LARGE_N, 4))),
         ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, 0))),
         ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, 0))),
+        ("ring_512KiB", Box::new(|| ring(LARGE_N, LARGE, 128, 0))),
+        ("ring_2MiB", Box::new(|| ring(LARGE_N, LARGE, 512, 0))),
+        (
+            "gpadl_16_slots",
+            Box::new(|| gpadl_slots(LARGE_N, 16, true)),
+        ),
+        ("gpadl_4_slots", Box::new(|| gpadl_slots(LARGE_N, 4, true))),
+        (
+            "gpadl_16_no_copies",
+            Box::new(|| gpadl_slots(LARGE_N, 16, false)),
+        ),
+        (
+            "channel_in_band_16",
+            Box::new(|| channel_in_band(LARGE_N, 16)),
+        ),
     ];
     // `small` or `large` as an argument runs only that half.
     let only_small = std::env::args().any(|a| a == "small");

@@ -216,3 +216,151 @@ mod handoff {
         }
     }
 }
+
+/// 64 KiB through a GPADL: a client and a server channel in this process; the client's
+/// GPADL holds `slots` slots of [`LARGE`] bytes. For each block the writer (this thread)
+/// takes a free slot, fills it from its source (`copy_from_slice`, as a producer must), and
+/// sends a GPA-direct packet naming it (`send_with_external`, a 16-byte in-band part). The
+/// server's process-packet callback reads the payload in place through `external_data()`,
+/// copies it out into its own buffer (the same consumption as the ring rows) and completes
+/// the packet; the completion routine (on the client's dispatcher) frees the slot. Moves
+/// `n` blocks; returns the time. Without `copies`, neither side copies the 64 KiB (the
+/// reader reads its last 8 bytes): the cost of the channel and GPADL machinery alone.
+pub(crate) fn gpadl_slots(n: u64, slots: usize, copies: bool) -> Duration {
+    use kmcl::{Channel, ChannelHandle, ExternalRange, GpadlBuffer, GpadlFlags, Phase};
+    let (client, server) = Channel::local_pair().unwrap();
+    let mut dst = vec![0u8; LARGE];
+    let sum = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sum.clone();
+    server
+        .set_process_packet_callbacks(
+            move |_ch, p| {
+                let data = p.external_data().unwrap();
+                if copies {
+                    data.copy_to_slice(&mut dst).unwrap();
+                } else {
+                    data.read(LARGE - 8, &mut dst[..8]).unwrap();
+                }
+                drop(data);
+                s2.fetch_add(u64::from(black_box(&dst)[LARGE - 1]), Relaxed);
+                p.complete(&[]).unwrap();
+            },
+            None::<fn(&ChannelHandle, u32)>,
+        )
+        .unwrap();
+    server.enable().unwrap();
+    server.start().unwrap();
+    client.enable().unwrap();
+    while client.phase() != (Phase::Opened { running: true }) {
+        std::thread::yield_now();
+    }
+    let buf = GpadlBuffer::heap(slots * LARGE).unwrap();
+    let gpadl = client
+        .create_gpadl_from_buffer(&buf, GpadlFlags::READ_ONLY)
+        .unwrap();
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<usize>(slots);
+    for k in 0..slots {
+        free_tx.send(k).unwrap();
+    }
+    let src = vec![7u8; LARGE];
+    let start = Instant::now();
+    for _ in 0..n {
+        let k = free_rx.recv().unwrap();
+        if copies {
+            buf.write(k * LARGE, black_box(&src)).unwrap();
+        }
+        let free = free_tx.clone();
+        client
+            .send_with_external(
+                &(k as u64).to_le_bytes(),
+                &[ExternalRange {
+                    gpadl,
+                    offset: k * LARGE,
+                    len: LARGE,
+                }],
+                move |c| {
+                    c.result.unwrap();
+                    let _ = free.send(k);
+                },
+            )
+            .unwrap();
+    }
+    for _ in 0..slots {
+        free_rx.recv().unwrap();
+    }
+    let elapsed = start.elapsed();
+    black_box(sum.load(Relaxed));
+    if std::env::var_os("KMCL_BENCH_COUNTERS").is_some() {
+        eprintln!("gpadl client {:?}", client.counters());
+        eprintln!("gpadl server {:?}", server.counters());
+    }
+    client.delete_gpadl(gpadl).unwrap();
+    client.disable().unwrap();
+    server.disable().unwrap();
+    client.cleanup().unwrap();
+    server.cleanup().unwrap();
+    elapsed
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+/// 64 KiB in band through the same channel machinery as [`gpadl_slots`], for comparison:
+/// the writer sends each block as an in-band packet with wait-for-completion (one copy into
+/// the ring), at most `slots` in flight; the server's process-packet callback gets the
+/// payload already copied out of the ring (the ring reader's one copy out), reads its last
+/// byte and completes.
+pub(crate) fn channel_in_band(n: u64, slots: usize) -> Duration {
+    use kmcl::{Channel, ChannelHandle, Phase, SendFlags};
+    let (client, server) = Channel::local_pair().unwrap();
+    client.set_max_packet_size(LARGE as u32).unwrap();
+    // Room for `slots` blocks in flight (each is 64 KiB + 32 bytes of ring).
+    let pages = (slots as u32 + 1) * (LARGE as u32 / 4096);
+    client.set_ring_page_counts(16, pages).unwrap();
+    let sum = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sum.clone();
+    server
+        .set_process_packet_callbacks(
+            move |_ch, p| {
+                s2.fetch_add(u64::from(black_box(p.payload())[LARGE - 1]), Relaxed);
+                p.complete(&[]).unwrap();
+            },
+            None::<fn(&ChannelHandle, u32)>,
+        )
+        .unwrap();
+    server.enable().unwrap();
+    server.start().unwrap();
+    client.enable().unwrap();
+    while client.phase() != (Phase::Opened { running: true }) {
+        std::thread::yield_now();
+    }
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<()>(slots);
+    for _ in 0..slots {
+        free_tx.send(()).unwrap();
+    }
+    let src = vec![7u8; LARGE];
+    let start = Instant::now();
+    for _ in 0..n {
+        free_rx.recv().unwrap();
+        let free = free_tx.clone();
+        client
+            .send(black_box(&src), SendFlags::WAIT_FOR_COMPLETION, move |c| {
+                c.result.unwrap();
+                let _ = free.send(());
+            })
+            .unwrap();
+    }
+    for _ in 0..slots {
+        free_rx.recv().unwrap();
+    }
+    let elapsed = start.elapsed();
+    black_box(sum.load(Relaxed));
+    if std::env::var_os("KMCL_BENCH_COUNTERS").is_some() {
+        eprintln!("in-band client {:?}", client.counters());
+        eprintln!("in-band server {:?}", server.counters());
+    }
+    client.disable().unwrap();
+    server.disable().unwrap();
+    client.cleanup().unwrap();
+    server.cleanup().unwrap();
+    elapsed
+}
