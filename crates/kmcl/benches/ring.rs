@@ -11,7 +11,8 @@
 mod contenders;
 
 use contenders::{
-    LARGE, crossbeam, handoff_ceiling, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread,
+    LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
+    ring, ring_single_thread,
 };
 use std::time::Duration;
 
@@ -65,6 +66,13 @@ fn large_packets(c: &mut Criterion) {
     });
     g.bench_function("kmcl_ring_two_threads_256KiB_ring", |b| {
         b.iter_custom(|it| ring(it * N, LARGE, 64, 1))
+    });
+    // Channels: 16 GPADL slots named by GPA-direct packets, and 16 in-band packets in flight.
+    g.bench_function("kmcl_channel_gpadl_16_slots", |b| {
+        b.iter_custom(|it| gpadl_slots(it * N, 16, true))
+    });
+    g.bench_function("kmcl_channel_in_band_16", |b| {
+        b.iter_custom(|it| channel_in_band(it * N, 16))
     });
     g.finish();
 }
