@@ -742,7 +742,7 @@ impl Drop for GpadlMapping {
 /// names (`VmbChannelPacketGetExternalData`). It borrows the packet (or its token), so it
 /// cannot outlive the packet's completion:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0505
 /// fn keep(packet: kmcl::IncomingPacket<'_>) {
 ///     let data = packet.external_data().unwrap();
 ///     packet.complete(&[]).unwrap(); // the packet is gone...
@@ -1025,28 +1025,55 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// Arbitrary GPA-direct headers through a real ring, then against a GPADL of 3
-        /// pages (handle 7): no panic; every accepted range lies inside the GPADL; any
-        /// failure is an error value.
+        /// GPA-direct headers through a real ring, then against a GPADL of 3 pages
+        /// (handle 7): ranges built from small and wild counts, offsets and page numbers
+        /// (mostly well-formed so validation goes deep, sometimes with a wrong page count
+        /// or a wild range count). No panic; every accepted range lies inside the GPADL
+        /// and reads the GPADL's bytes; every failure is an error value.
         #[test]
         fn arbitrary_gpa_direct_headers_never_reach_outside_the_gpadl(
-            words in proptest::collection::vec(any::<u32>(), 2..40),
-            steer in proptest::collection::vec((0u32..4, 0u64..5), 0..8),
+            ranges in proptest::collection::vec(
+                (
+                    prop_oneof![4 => 0u32..(3 * 4096 + 10), 1 => any::<u32>()],
+                    prop_oneof![4 => 0u32..4200, 1 => any::<u32>()],
+                    proptest::collection::vec(
+                        prop_oneof![
+                            4 => (0u64..5).prop_map(|p| (7u64 << 32) | p),
+                            1 => any::<u64>(),
+                        ],
+                        0..6,
+                    ),
+                    proptest::bool::weighted(0.8),
+                ),
+                1..4,
+            ),
+            wild_count in proptest::option::weighted(0.1, any::<u32>()),
+            trailing in proptest::collection::vec(any::<u32>(), 0..4),
             payload in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let (t, region) = table_with(3, false);
             region.write_at(0, &[0x5a; 3 * PAGE_SIZE]).unwrap();
-            // Steer some page numbers at the real GPADL so validation goes deep.
-            let mut words = words;
+            let mut words: Vec<u32> = vec![0, wild_count.unwrap_or(ranges.len() as u32)];
+            for (count, offset, pfns, exact) in &ranges {
+                words.push(*count);
+                words.push(*offset);
+                let mut pfns = pfns.clone();
+                if *exact {
+                    // The page count the format implies, continuing from the first page.
+                    let pages = ((*offset as usize % PAGE_SIZE) + *count as usize)
+                        .div_ceil(PAGE_SIZE)
+                        .min(6);
+                    let first = pfns.first().copied().unwrap_or(7u64 << 32);
+                    pfns = (0..pages as u64).map(|i| first.wrapping_add(i)).collect();
+                }
+                for p in pfns {
+                    words.push(p as u32);
+                    words.push((p >> 32) as u32);
+                }
+            }
+            words.extend(trailing);
             if words.len() % 2 == 1 {
                 words.push(0);
-            }
-            for (i, (at, page)) in steer.iter().enumerate() {
-                let w = 4 + i * 4 + *at as usize;
-                if w + 1 < words.len() {
-                    words[w] = *page as u32;
-                    words[w + 1] = 7;
-                }
             }
             let ext: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             let view = RingView::heap(4).unwrap();
