@@ -928,7 +928,7 @@ pub struct PacketToken {
     /// is called.
     external: Option<Vec<GpaRange>>,
     /// The external data did not validate: the packet was failed.
-    failed: Cell<bool>,
+    failed: AtomicBool,
 }
 
 impl fmt::Debug for PacketToken {
@@ -967,7 +967,7 @@ impl PacketToken {
         match self.shared.link.gpadls().resolve(ranges) {
             Ok(segments) => Ok(ExternalView::new(segments)),
             Err(e) => {
-                if !self.failed.replace(true) {
+                if !self.failed.swap(true, Ordering::SeqCst) {
                     tracing::warn!(error = %e, "external data refused; packet failed");
                     self.shared.incoming_failed.store(true, Ordering::SeqCst);
                     let mut ctl = lock(&self.shared.ctl);
@@ -986,7 +986,7 @@ impl PacketToken {
     /// A packet whose external data was refused is only retired (`PacketFailed`).
     pub fn complete(mut self, response: &[u8]) -> Result<(), Error> {
         self.retired = true;
-        if self.failed.get() {
+        if self.failed.load(Ordering::SeqCst) {
             self.shared.retire();
             return Err(Error::PacketFailed);
         }
@@ -2007,7 +2007,7 @@ impl Dispatcher {
                         Some(ExternalData::GpaDirect { ranges }) => Some(ranges.clone()),
                         _ => None,
                     },
-                    failed: Cell::new(false),
+                    failed: AtomicBool::new(false),
                 };
                 let packet = IncomingPacket {
                     payload,
