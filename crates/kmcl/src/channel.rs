@@ -1258,7 +1258,9 @@ impl ChannelHandle {
 
     /// Deletes a GPADL (`VmbChannelDeleteGpadl`). Blocks while the server still has it
     /// mapped; returns at once once the server is gone (its mapping, if any, keeps the
-    /// memory alive: the buffer is never freed under it). Client only.
+    /// memory alive: the buffer is never freed under it). Client only. It may be called
+    /// from this channel's callbacks (the spec asks for it in Closed); there it blocks the
+    /// dispatcher while the server keeps the GPADL mapped.
     ///
     /// Errors: `UnknownGpadl` (never created, already deleted, or deleted by kmcl at
     /// Closed), `GpadlBeingDeleted` (another thread is deleting it), `InvalidState` on a

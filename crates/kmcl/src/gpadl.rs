@@ -66,6 +66,10 @@ use crate::shmem::{PAGE_SIZE, Region};
 /// Largest GPADL buffer, in pages (1 GiB).
 pub const MAX_GPADL_PAGES: u32 = 1 << 18;
 
+/// Most GPADLs one channel holds at a time (each side refuses more: a peer cannot make
+/// the other map without bound).
+pub const MAX_GPADLS: usize = 4096;
+
 /// The page number of page `page` of GPADL `handle` in GPA-direct ranges.
 pub fn page_number(handle: GpadlHandle, page: u32) -> u64 {
     (u64::from(handle.raw()) << 32) | u64::from(page)
@@ -334,6 +338,9 @@ impl Gpadls {
         if !t.connected {
             return Err(Error::DeviceRemoved);
         }
+        if t.created.len() >= MAX_GPADLS {
+            return Err(Error::InvalidArgument("too many GPADLs on this channel"));
+        }
         let handle = loop {
             let h = t.next_handle;
             t.next_handle = match h.wrapping_add(1) {
@@ -527,6 +534,9 @@ impl Gpadls {
         }
         if t.offered.contains_key(&handle) {
             return Err(Error::Protocol("GPADL handle already in use"));
+        }
+        if t.offered.len() >= MAX_GPADLS {
+            return Err(Error::Protocol("too many GPADLs on this channel"));
         }
         t.offered.insert(
             handle,
@@ -1020,6 +1030,29 @@ mod tests {
             Teardown::Done,
             "unknown: answered at once"
         );
+    }
+
+    #[test]
+    fn a_peer_cannot_make_a_side_hold_more_than_max_gpadls() {
+        let (t, region) = table_with(1, false);
+        for h in 8..(MAX_GPADLS as u32 + 7) {
+            t.offer(h, region.clone(), false).unwrap();
+        }
+        assert!(matches!(
+            t.offer(u32::MAX, region.clone(), false),
+            Err(Error::Protocol(_))
+        ));
+        assert_eq!(t.request_teardown(8), Teardown::Done);
+        t.offer(u32::MAX, region, false).unwrap();
+        let client = Gpadls::new();
+        let buf = GpadlBuffer::heap(PAGE_SIZE).unwrap();
+        for _ in 0..MAX_GPADLS {
+            client.begin_create(&buf).unwrap();
+        }
+        assert!(matches!(
+            client.begin_create(&buf),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     proptest! {
