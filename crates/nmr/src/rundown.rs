@@ -12,8 +12,11 @@
 //! Each thread owns a 128-byte-aligned record with [`SLOTS`] "in call" slots, listed in a
 //! global registry. A [`RundownGuard`] costs, on entry, a plain store of the rundown's
 //! address into a free slot of the caller's own record, a compiler fence and a relaxed load
-//! of the `closed` flag; on exit a release store clearing the slot, a compiler fence and
-//! another relaxed load of `closed`. No read-modify-write, no write to a shared cache line.
+//! of the rundown's one-byte `gate` (its "closed" flag); on exit a release store clearing
+//! the slot, a compiler fence and another relaxed load of the gate. No read-modify-write, no
+//! write to a shared cache line. A sharded-mode rundown's gate is shut from the start, so
+//! the mode costs the slot path no test of its own: such calls find the gate shut, give the
+//! slot back and take the counter.
 //! `close` sets `closed`, then runs the heavy barrier, which forces every other thread
 //! through a full fence: afterwards each thread either saw `closed` at entry (and did not
 //! enter) or its slot is visible to the closer; each guard still in flight sees `closed` when
@@ -49,7 +52,7 @@
 //! the callback lock only when one was installed.
 //!
 //! A close costs, with no call in flight and no other thread that ever made a slot call:
-//! one swap (`closed`), one compare-and-swap (sealing the unallocated counter), and at the
+//! one `fetch_or` (`closed`), one compare-and-swap (sealing the unallocated counter), and at the
 //! drain one fence and one `fetch_or`; the thread records are walked without a lock.
 //!
 //! loom (`tests/loom_rundown.rs`) checks this protocol with both halves of the asymmetric
@@ -66,6 +69,12 @@ use std::fmt;
 
 const CLOSED: usize = 1;
 const ONE: usize = 2;
+
+/// `Rundown::gate` bits: closing began; this rundown counts its calls on the sharded counter
+/// (sharded mode). Slot calls test the whole byte, so one load and branch sends both cases
+/// to the cold path.
+const GATE_CLOSED: u8 = 1;
+const GATE_COUNTED: u8 = 2;
 
 /// `Rundown::done` bits.
 const FIRED: u8 = 1;
@@ -485,8 +494,9 @@ impl HoldsRundown for Rundown {
 
 /// Rundown protection for one side of a binding.
 pub struct Rundown {
-    /// Set once by `close`; read (relaxed) by every slot guard's entry and exit.
-    closed: AtomicBool,
+    /// [`GATE_CLOSED`], set once by `close`, and [`GATE_COUNTED`], fixed at creation; read
+    /// (relaxed) by every slot guard's entry and exit.
+    gate: AtomicU8,
     asymmetric: bool,
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
@@ -583,7 +593,7 @@ impl Rundown {
             shard_table::Table::lazy()
         };
         Rundown {
-            closed: AtomicBool::new(false),
+            gate: AtomicU8::new(if asymmetric { 0 } else { GATE_COUNTED }),
             asymmetric,
             shards,
             drain: AtomicIsize::new(0),
@@ -646,19 +656,24 @@ impl Rundown {
     fn enter_slot(&self, slot: &AtomicUsize) -> bool {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.enter_refused(slot);
             return false;
         }
         true
     }
 
-    /// `closed` was seen on entry: give the slot back (out of line, so the open case falls
-    /// straight through to the call).
+    /// The gate was shut on entry (closed, or a sharded-mode rundown): give the slot back
+    /// (out of line, so the open case falls straight through to the call).
     #[cold]
     #[inline(never)]
     fn enter_refused(&self, slot: &AtomicUsize) {
-        self.exit_slot(slot);
+        if self.asymmetric {
+            self.exit_slot(slot);
+        } else {
+            // No closer of a sharded-mode rundown looks at slots.
+            slot.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Ends a slot call (on the thread that started it).
@@ -666,7 +681,8 @@ impl Rundown {
     fn exit_slot(&self, slot: &AtomicUsize) {
         slot.store(0, Ordering::Release);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        // Only asymmetric-mode calls finish a slot entry, so the gate is shut only by a close.
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.slot_exit_after_close();
         }
     }
@@ -728,17 +744,17 @@ impl Rundown {
     pub fn try_enter(&self) -> Option<RundownGuard<'_>> {
         // Kept small and inlined: the guard then lives in registers (returning it through
         // memory costs a store-forwarding stall larger than the whole protection).
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                return Some(RundownGuard {
+                    rundown: self,
+                    how: How::Slot(slot),
+                    _not_send: std::marker::PhantomData,
+                });
+            }
+            if self.asymmetric {
                 return None;
             }
-            return Some(RundownGuard {
-                rundown: self,
-                how: How::Slot(slot),
-                _not_send: std::marker::PhantomData,
-            });
         }
         self.try_enter_counted()
     }
@@ -759,17 +775,17 @@ impl Rundown {
     /// a little less work on the asymmetric path.
     #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                let _g = SlotExit {
+                    rundown: self,
+                    slot,
+                };
+                return Some(f());
+            }
+            if self.asymmetric {
                 return None;
             }
-            let _g = SlotExit {
-                rundown: self,
-                slot,
-            };
-            return Some(f());
         }
         self.call_counted(f)
     }
@@ -858,7 +874,7 @@ impl Rundown {
         on_drained: Option<OnDrained>,
     ) -> Option<DrainRef> {
         debug_assert!(std::ptr::eq(owner.rundown(), self));
-        if self.closed.swap(true, Ordering::SeqCst) {
+        if self.gate.fetch_or(GATE_CLOSED, Ordering::SeqCst) & GATE_CLOSED != 0 {
             return None;
         }
         if let Some(f) = on_drained {
@@ -898,7 +914,7 @@ impl Rundown {
     /// Has closing begun?
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.gate.load(Ordering::Acquire) & GATE_CLOSED != 0
     }
 
     /// Calls in flight right now (a racy snapshot, for diagnostics; scans every thread's
@@ -1270,39 +1286,46 @@ mod loom_deferred {
     /// A call in flight on another thread races the closer, which releases its `DrainRef`
     /// and then installs a callback only if the drain has not completed: the callback runs
     /// exactly when `set_on_drained` says it was installed, once, after the last call.
-    #[test]
-    fn loom_set_on_drained_races_the_last_exit() {
-        loom::model(|| {
-            for mode in [Mode::Asymmetric, Mode::Sharded] {
-                let r = Arc::new(Rundown::with_mode(mode));
-                let active = Arc::new(LoomUsize::new(0));
-                let ran = Arc::new(LoomUsize::new(0));
-                let t = {
-                    let (r, active) = (Arc::clone(&r), Arc::clone(&active));
-                    loom::thread::spawn(move || {
-                        r.call(|| {
-                            active.fetch_add(1, Ordering::SeqCst);
-                            active.fetch_sub(1, Ordering::SeqCst);
-                        });
-                    })
-                };
-                let drain = r
-                    .close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
-                    .expect("first close");
-                drop(drain);
-                let installed = if r.drained() {
-                    false
-                } else {
-                    let (active, ran2) = (Arc::clone(&active), Arc::clone(&ran));
-                    r.set_on_drained(move || {
-                        assert_eq!(active.load(Ordering::SeqCst), 0, "drained mid-call");
-                        ran2.fetch_add(1, Ordering::SeqCst);
-                    })
-                };
-                t.join().expect("caller");
-                assert!(r.drained());
-                assert_eq!(ran.load(Ordering::SeqCst), usize::from(installed));
-            }
+    fn set_on_drained_races_the_last_exit(mode: Mode) {
+        loom::model(move || {
+            let r = Arc::new(Rundown::with_mode(mode));
+            let active = Arc::new(LoomUsize::new(0));
+            let ran = Arc::new(LoomUsize::new(0));
+            let t = {
+                let (r, active) = (Arc::clone(&r), Arc::clone(&active));
+                loom::thread::spawn(move || {
+                    r.call(|| {
+                        active.fetch_add(1, Ordering::SeqCst);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                })
+            };
+            let drain = r
+                .close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                .expect("first close");
+            drop(drain);
+            let installed = if r.drained() {
+                false
+            } else {
+                let (active, ran2) = (Arc::clone(&active), Arc::clone(&ran));
+                r.set_on_drained(move || {
+                    assert_eq!(active.load(Ordering::SeqCst), 0, "drained mid-call");
+                    ran2.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            t.join().expect("caller");
+            assert!(r.drained());
+            assert_eq!(ran.load(Ordering::SeqCst), usize::from(installed));
         });
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_asymmetric() {
+        set_on_drained_races_the_last_exit(Mode::Asymmetric);
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_sharded() {
+        set_on_drained_races_the_last_exit(Mode::Sharded);
     }
 }
