@@ -20,6 +20,9 @@ for crate in crates/*/; do
       cargo test -q -p "$name" --release --test "$(basename "$t" .rs)"
   done
 done
+# Models of crate-internal API (unit tests named loom_*).
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -q -p nmr --release --lib loom_
 
 if [ -x crates/netio/tests/run-valgrind.sh ]; then
   echo "== C ABI tests under valgrind"

@@ -71,12 +71,9 @@ pub enum SideState {
 pub enum BindingState {
     /// `ClientAttachProvider` is being (or is about to be) called.
     Attaching {
-        /// The client's attach callback has been called.
+        /// The client's attach callback has been called. What happens inside it is tracked
+        /// by the attaching thread's [`AttachProgress`].
         started: bool,
-        /// `ProviderAttachClient` is running, nested in `NmrClientAttachProvider`.
-        provider_attaching: bool,
-        /// `NmrClientAttachProvider` has succeeded.
-        provider_attached: bool,
         /// A side started deregistering while the attach was in progress (G5).
         detach_requested: bool,
     },
@@ -147,6 +144,57 @@ pub enum Next {
     RunCleanups,
 }
 
+/// What happens inside one `ClientAttachProvider` callback: the client's calls to
+/// `NmrClientAttachProvider` and the provider's answers. Only the attaching thread sees it
+/// (no other thread can act on an attach in progress except to request its detach, which
+/// [`BindingMachine`] records), and [`BindingMachine::attach_returned`] takes it at the end.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct AttachProgress {
+    /// `ProviderAttachClient` is running, nested in `NmrClientAttachProvider`.
+    provider_attaching: bool,
+    /// `NmrClientAttachProvider` has succeeded.
+    provider_attached: bool,
+}
+
+impl AttachProgress {
+    /// Nothing has happened yet.
+    #[must_use]
+    pub const fn new() -> Self {
+        AttachProgress {
+            provider_attaching: false,
+            provider_attached: false,
+        }
+    }
+
+    /// The client called `NmrClientAttachProvider`: may the provider's attach run?
+    ///
+    /// # Errors
+    /// [`Error::AlreadyAttached`] after a success, [`Error::NotAttaching`] from inside the
+    /// provider's own attach.
+    pub fn begin_provider_attach(&mut self) -> Result<(), Error> {
+        if self.provider_attached {
+            return Err(Error::AlreadyAttached);
+        }
+        if self.provider_attaching {
+            return Err(Error::NotAttaching);
+        }
+        self.provider_attaching = true;
+        Ok(())
+    }
+
+    /// `ProviderAttachClient` returned; `ok` when it accepted.
+    pub fn provider_attach_returned(&mut self, ok: bool) {
+        self.provider_attaching = false;
+        self.provider_attached = ok;
+    }
+
+    /// Has `NmrClientAttachProvider` succeeded?
+    #[must_use]
+    pub const fn provider_attached(&self) -> bool {
+        self.provider_attached
+    }
+}
+
 /// The binding state machine. See the module docs.
 #[derive(Clone, Debug)]
 pub struct BindingMachine {
@@ -166,8 +214,6 @@ impl BindingMachine {
         BindingMachine {
             state: BindingState::Attaching {
                 started: false,
-                provider_attaching: false,
-                provider_attached: false,
                 detach_requested: false,
             },
         }
@@ -209,54 +255,16 @@ impl BindingMachine {
         }
     }
 
-    /// The client called `NmrClientAttachProvider`: may the provider's attach run?
-    ///
-    /// # Errors
-    /// [`Error::NotAttaching`] outside the client's attach callback,
-    /// [`Error::AlreadyAttached`] after a success.
-    pub fn begin_provider_attach(&mut self) -> Result<(), Error> {
-        match &mut self.state {
-            BindingState::Attaching {
-                started: true,
-                provider_attaching: attaching @ false,
-                provider_attached: false,
-                ..
-            } => {
-                *attaching = true;
-                Ok(())
-            }
-            BindingState::Attaching {
-                provider_attached: true,
-                ..
-            } => Err(Error::AlreadyAttached),
-            _ => Err(Error::NotAttaching),
-        }
-    }
-
-    /// `ProviderAttachClient` returned; `ok` when it accepted.
-    pub fn provider_attach_returned(&mut self, ok: bool) {
-        if let BindingState::Attaching {
-            provider_attaching,
-            provider_attached,
-            ..
-        } = &mut self.state
-        {
-            *provider_attaching = false;
-            *provider_attached = ok;
-        }
-    }
-
-    /// `ClientAttachProvider` returned; `success` when it returned `STATUS_SUCCESS`.
-    pub fn attach_returned(&mut self, success: bool) -> AttachOutcome {
+    /// `ClientAttachProvider` returned; `success` when it returned `STATUS_SUCCESS`;
+    /// `progress` is what happened inside it.
+    pub fn attach_returned(&mut self, success: bool, progress: AttachProgress) -> AttachOutcome {
         let BindingState::Attaching {
-            provider_attached,
-            detach_requested,
-            ..
+            detach_requested, ..
         } = self.state
         else {
             return AttachOutcome::Discarded;
         };
-        match (success, provider_attached) {
+        match (success, progress.provider_attached) {
             (true, true) if detach_requested => {
                 self.state = BindingState::Detaching {
                     client: SideState::Notifying { completed: false },
@@ -378,12 +386,23 @@ mod tests {
     use super::*;
     use SideState::{Done, Notifying, Pending};
 
+    /// The progress of an attach in which the provider answered `answers` in turn.
+    fn progress(answers: &[bool]) -> AttachProgress {
+        let mut p = AttachProgress::new();
+        for &ok in answers {
+            p.begin_provider_attach().unwrap();
+            p.provider_attach_returned(ok);
+        }
+        p
+    }
+
     fn attached() -> BindingMachine {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(true);
-        assert_eq!(m.attach_returned(true), AttachOutcome::Active);
+        assert_eq!(
+            m.attach_returned(true, progress(&[true])),
+            AttachOutcome::Active
+        );
         m
     }
 
@@ -414,7 +433,10 @@ mod tests {
     fn client_decline_without_provider_attach_discards() {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        assert_eq!(m.attach_returned(false), AttachOutcome::Discarded);
+        assert_eq!(
+            m.attach_returned(false, AttachProgress::new()),
+            AttachOutcome::Discarded
+        );
         assert_eq!(m.state(), BindingState::Discarded);
         assert_eq!(m.request_detach(), DetachRequest::AlreadyUnderway);
     }
@@ -423,61 +445,56 @@ mod tests {
     fn provider_decline_then_client_failure_discards() {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(false);
-        assert_eq!(m.attach_returned(false), AttachOutcome::Discarded);
+        assert_eq!(
+            m.attach_returned(false, progress(&[false])),
+            AttachOutcome::Discarded
+        );
     }
 
     #[test]
     fn client_may_retry_provider_attach_after_a_refusal() {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(false);
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(true);
-        assert_eq!(m.attach_returned(true), AttachOutcome::Active);
+        let p = progress(&[false, true]);
+        assert!(p.provider_attached());
+        assert_eq!(m.attach_returned(true, p), AttachOutcome::Active);
     }
 
     #[test]
     fn provider_attach_after_success_is_rejected() {
-        let mut m = BindingMachine::new();
-        assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(true);
-        assert_eq!(m.begin_provider_attach(), Err(Error::AlreadyAttached));
-    }
-
-    #[test]
-    fn provider_attach_outside_client_attach_is_rejected() {
-        let mut m = BindingMachine::new();
-        assert_eq!(m.begin_provider_attach(), Err(Error::NotAttaching));
-        let mut m = attached();
-        assert_eq!(m.begin_provider_attach(), Err(Error::NotAttaching));
+        let mut p = progress(&[true]);
+        assert_eq!(p.begin_provider_attach(), Err(Error::AlreadyAttached));
+        assert!(p.provider_attached());
     }
 
     #[test]
     fn nested_provider_attach_reentry_is_rejected() {
-        let mut m = BindingMachine::new();
-        assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        assert_eq!(m.begin_provider_attach(), Err(Error::NotAttaching));
+        let mut p = AttachProgress::new();
+        p.begin_provider_attach().unwrap();
+        assert_eq!(p.begin_provider_attach(), Err(Error::NotAttaching));
+        p.provider_attach_returned(false);
+        assert!(!p.provider_attached());
+        p.begin_provider_attach().unwrap();
     }
 
     #[test]
     fn success_without_provider_attach_is_discarded() {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        assert_eq!(m.attach_returned(true), AttachOutcome::Discarded);
+        assert_eq!(
+            m.attach_returned(true, AttachProgress::new()),
+            AttachOutcome::Discarded
+        );
     }
 
     #[test]
     fn client_failure_after_provider_attach_detaches_the_provider_only() {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(true);
-        assert_eq!(m.attach_returned(false), AttachOutcome::DetachProvider);
+        assert_eq!(
+            m.attach_returned(false, progress(&[true])),
+            AttachOutcome::DetachProvider
+        );
         assert_eq!(
             m.state(),
             BindingState::Detaching {
@@ -503,9 +520,10 @@ mod tests {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
         assert_eq!(m.request_detach(), DetachRequest::Deferred);
-        m.begin_provider_attach().unwrap();
-        m.provider_attach_returned(true);
-        assert_eq!(m.attach_returned(true), AttachOutcome::DetachBoth);
+        assert_eq!(
+            m.attach_returned(true, progress(&[true])),
+            AttachOutcome::DetachBoth
+        );
         assert!(matches!(m.state(), BindingState::Detaching { .. }));
     }
 
@@ -514,7 +532,10 @@ mod tests {
         let mut m = BindingMachine::new();
         assert!(m.begin_attach());
         assert_eq!(m.request_detach(), DetachRequest::Deferred);
-        assert_eq!(m.attach_returned(false), AttachOutcome::Discarded);
+        assert_eq!(
+            m.attach_returned(false, AttachProgress::new()),
+            AttachOutcome::Discarded
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! calling thread: attach inside register, detach inside deregister (or register, for a
 //! late-comer), cleanup inside whichever call finishes the binding.
 
-use crate::binding::{AttachOutcome, BindingMachine, BindingState, DetachRequest, Next, Side};
+use crate::binding::{
+    AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
+};
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
@@ -260,16 +262,18 @@ mod live {
     //! Borrowing what a registration owns past the registry lock, without an `Arc` clone
     //! (two atomic read-modify-writes) per callback.
     //!
-    //! A registration's callbacks and instance sit behind `Arc`s that are set once at
+    //! A registration's callbacks and instance sit behind an `Arc` and a `Box` set once at
     //! registration and dropped only when `wait` removes the registration, which it does only
     //! once the registration has no binding left. A binding leaves its registrations' lists
     //! only after its last callback returned (discarded after the attach, or retired after
     //! both cleanups). So while a callback for a binding runs, both registrations of that
-    //! binding, and what their `Arc`s point to, stay alive, even with the lock released.
+    //! binding, and what their `Arc` and `Box` point to, stay alive, even with the lock
+    //! released.
     use crate::sync::Arc;
     use std::ptr::NonNull;
 
-    /// A pointer to the contents of an `Arc` held by a registration of a live binding.
+    /// A pointer to the contents of an `Arc` or `Box` held by a registration of a live
+    /// binding.
     pub(super) struct Live<T: ?Sized>(NonNull<T>);
 
     impl<T: ?Sized> Clone for Live<T> {
@@ -284,6 +288,12 @@ mod live {
         /// Points at `a`'s contents, which do not move while `a` (or a clone) lives.
         pub(super) fn of(a: &Arc<T>) -> Self {
             Live(NonNull::from(&**a))
+        }
+
+        /// Points at `r`, the contents of a `Box` a registration holds (they do not move
+        /// while the box lives).
+        pub(super) fn of_boxed(r: &T) -> Self {
+            Live(NonNull::from(r))
         }
 
         /// The pointee.
@@ -302,7 +312,8 @@ use live::Live;
 
 struct Reg {
     role: Role,
-    instance: Arc<RegistrationInstance>,
+    /// Boxed: attach callbacks borrow it past the lock (see [`live`]).
+    instance: Box<RegistrationInstance>,
     callbacks: Callbacks,
     deregistering: bool,
     /// Live bindings (attaching through cleaning up), by slab index.
@@ -322,7 +333,6 @@ struct Bind {
     client_dispatch: Context,
     provider_context: Context,
     provider_dispatch: Context,
-    attach_thread: Option<sync::ThreadId>,
 }
 
 #[derive(Default)]
@@ -407,6 +417,62 @@ sync::thread_local! {
 #[cfg(loom)]
 sync::thread_local! {
     static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = std::cell::RefCell::new(Vec::new());
+}
+
+/// An attach running on this thread: what `NmrClientAttachProvider` needs, kept with the
+/// thread that runs the client's `ClientAttachProvider` so the nested provider attach takes
+/// no lock. Only that thread can act on the attach; other threads can only request its
+/// detach, which the binding machine records under the lock.
+struct AttachFrame {
+    /// Which registrar ([`Registrar::id`]): handles are per registrar.
+    registrar: usize,
+    binding: BindingHandle,
+    provider_reg: u64,
+    provider_cb: Live<dyn ProviderCallbacks>,
+    client_instance: Live<RegistrationInstance>,
+    progress: AttachProgress,
+    client_context: Context,
+    client_dispatch: Context,
+    provider_context: Context,
+    provider_dispatch: Context,
+}
+
+#[cfg(not(loom))]
+sync::thread_local! {
+    /// Attaches running on this thread, innermost last.
+    static ATTACHING: std::cell::RefCell<Vec<AttachFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+#[cfg(loom)]
+sync::thread_local! {
+    static ATTACHING: std::cell::RefCell<Vec<AttachFrame>> = std::cell::RefCell::new(Vec::new());
+}
+
+/// Runs `f` on the frame of the attach of `binding` in `registrar` running on this thread.
+fn with_frame<R>(
+    registrar: usize,
+    binding: BindingHandle,
+    f: impl FnOnce(&mut AttachFrame) -> R,
+) -> Option<R> {
+    ATTACHING.with(|s| {
+        s.borrow_mut()
+            .iter_mut()
+            .rev()
+            .find(|a| a.registrar == registrar && a.binding == binding)
+            .map(f)
+    })
+}
+
+/// What the client's attach callback of one binding needs, read under the lock by
+/// [`Registrar::begin_attach_locked`].
+struct AttachStart {
+    b: u32,
+    binding: BindingHandle,
+    client_reg: u64,
+    client_cb: Live<dyn ClientCallbacks>,
+    provider_instance: Live<RegistrationInstance>,
+    provider_reg: u64,
+    provider_cb: Live<dyn ProviderCallbacks>,
+    client_instance: Live<RegistrationInstance>,
 }
 
 /// Runs a module callback with `reg` marked as "in callback" on this thread, catching
@@ -501,9 +567,10 @@ impl Registrar {
         // What the register event shows, kept aside so the instance moves into the registry
         // without an `Arc` clone (no atomic at all for a module without a name).
         let (module_id, name) = (instance.module_id, instance.name.clone());
-        let instance = Arc::new(instance);
+        let instance = Box::new(instance);
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
-        let handle = {
+        let mut started = 0;
+        let (handle, first) = {
             let mut guard = sync::lock(&self.inner.registry);
             let r = &mut *guard;
             let entry = r.npis.entry(npi).or_default();
@@ -540,7 +607,6 @@ impl Registrar {
                     client_dispatch: Context::NULL,
                     provider_context: Context::NULL,
                     provider_dispatch: Context::NULL,
-                    attach_thread: None,
                 });
                 let b = match b {
                     Ok(b) => b,
@@ -553,73 +619,146 @@ impl Registrar {
                 r.regs.at_mut(provider).bindings.push(b.index);
                 new_bindings.push(b.index);
             }
-            RegistrationHandle(handle::encode(role.kind(), id))
+            // The first attach starts in this same lock section.
+            let first = self.begin_next_attach(r, &new_bindings, &mut started);
+            (RegistrationHandle(handle::encode(role.kind(), id)), first)
         };
         tracing::debug!(target: "nmr::lifecycle", event = "register", ?role, registration = %handle,
             module = %name.as_deref().map_or_else(|| module_id.to_string(), str::to_owned), npi = %npi, peers = new_bindings.len());
         publish(handle);
-        for b in new_bindings {
-            self.run_attach(b);
-        }
+        self.run_attaches(&new_bindings, &mut started, first);
         Ok(handle)
     }
 
-    /// Drives one binding through `ClientAttachProvider`.
-    fn run_attach(&self, b: u32) {
-        let (bh, client_reg, client_cb, provider_instance) = {
-            let mut guard = sync::lock(&self.inner.registry);
-            let r = &mut *guard;
-            let bind = r.bindings.at_mut(b);
-            if !bind.machine.begin_attach() {
-                tracing::debug!(target: "nmr::lifecycle", event = "attach-skipped",
-                    binding = %BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
-                    "a side began deregistering before the attach started");
-                self.retire_binding(r, b);
-                return;
+    /// This registrar's identity (for attach frames).
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner).addr()
+    }
+
+    /// Starts the attach of the next binding of `bindings` from `*next` on that has not been
+    /// discarded meanwhile. Called with the lock held.
+    fn begin_next_attach(
+        &self,
+        r: &mut Registry,
+        bindings: &[u32],
+        next: &mut usize,
+    ) -> Option<AttachStart> {
+        while let Some(&b) = bindings.get(*next) {
+            *next += 1;
+            if let Some(start) = self.begin_attach_locked(r, b) {
+                return Some(start);
             }
-            bind.attach_thread = Some(sync::current_thread());
-            let (client, provider) = (bind.client, bind.provider);
-            let bh = BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b)));
-            let Callbacks::Client(cb) = &r.regs.at(client).callbacks else {
-                unreachable!("binding client side is a client registration")
-            };
-            let client_reg = handle::encode(Kind::Client, r.regs.id_of(client));
-            let provider_reg = handle::encode(Kind::Provider, r.regs.id_of(provider));
-            (
-                bh,
-                (client_reg, provider_reg),
-                Live::of(cb),
-                Live::of(&r.regs.at(provider).instance),
-            )
+        }
+        None
+    }
+
+    /// Marks binding `b` attaching and reads what its attach needs; `None` (and the binding
+    /// retired) when a side began deregistering before the attach started (G2).
+    fn begin_attach_locked(&self, r: &mut Registry, b: u32) -> Option<AttachStart> {
+        let bind = r.bindings.at_mut(b);
+        if !bind.machine.begin_attach() {
+            tracing::debug!(target: "nmr::lifecycle", event = "attach-skipped",
+                binding = %BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
+                "a side began deregistering before the attach started");
+            self.retire_binding(r, b);
+            return None;
+        }
+        let (client, provider) = (bind.client, bind.provider);
+        let (c, p) = (r.regs.at(client), r.regs.at(provider));
+        let (Callbacks::Client(client_cb), Callbacks::Provider(provider_cb)) =
+            (&c.callbacks, &p.callbacks)
+        else {
+            unreachable!("a binding joins a client registration and a provider registration")
         };
-        let (client_reg, provider_reg) = client_reg;
-        let status = invoke(client_reg, "ClientAttachProvider", || {
+        Some(AttachStart {
+            b,
+            binding: BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
+            client_reg: handle::encode(Kind::Client, r.regs.id_of(client)),
+            client_cb: Live::of(client_cb),
+            provider_instance: Live::of_boxed(&p.instance),
+            provider_reg: handle::encode(Kind::Provider, r.regs.id_of(provider)),
+            provider_cb: Live::of(provider_cb),
+            client_instance: Live::of_boxed(&c.instance),
+        })
+    }
+
+    /// Drives the attaches of `bindings`, one after the other: `first` has started; the end
+    /// of each and the start of the next share one lock section.
+    fn run_attaches(&self, bindings: &[u32], started: &mut usize, first: Option<AttachStart>) {
+        let mut next = first;
+        while let Some(start) = next.take() {
+            let (status, frame) = self.call_client_attach(&start);
+            let b = start.b;
+            let outcome = {
+                let mut guard = sync::lock(&self.inner.registry);
+                let r = &mut *guard;
+                let bind = r.bindings.at_mut(b);
+                if frame.progress.provider_attached() {
+                    bind.client_context = frame.client_context;
+                    bind.client_dispatch = frame.client_dispatch;
+                    bind.provider_context = frame.provider_context;
+                    bind.provider_dispatch = frame.provider_dispatch;
+                }
+                let outcome = bind
+                    .machine
+                    .attach_returned(status == Status::SUCCESS, frame.progress);
+                if outcome == AttachOutcome::Discarded {
+                    self.retire_binding(r, b);
+                }
+                next = self.begin_next_attach(r, bindings, started);
+                outcome
+            };
+            tracing::debug!(target: "nmr::lifecycle", event = "attach", binding = %start.binding,
+                client = %RegistrationHandle(start.client_reg), provider = %RegistrationHandle(start.provider_reg),
+                ?status, ?outcome);
+            match outcome {
+                AttachOutcome::Active | AttachOutcome::Discarded => {}
+                AttachOutcome::DetachBoth => self.run_detach(b, true),
+                AttachOutcome::DetachProvider => self.run_detach(b, false),
+            }
+        }
+    }
+
+    /// Calls the client's `ClientAttachProvider` for a started attach, with its frame pushed
+    /// for `NmrClientAttachProvider`; returns the status and the frame.
+    fn call_client_attach(&self, start: &AttachStart) -> (Status, AttachFrame) {
+        let registrar = self.id();
+        ATTACHING.with(|s| {
+            s.borrow_mut().push(AttachFrame {
+                registrar,
+                binding: start.binding,
+                provider_reg: start.provider_reg,
+                provider_cb: start.provider_cb,
+                client_instance: start.client_instance,
+                progress: AttachProgress::new(),
+                client_context: Context::NULL,
+                client_dispatch: Context::NULL,
+                provider_context: Context::NULL,
+                provider_dispatch: Context::NULL,
+            });
+        });
+        let (client_cb, provider_instance, binding) =
+            (start.client_cb, start.provider_instance, start.binding);
+        let status = invoke(start.client_reg, "ClientAttachProvider", || {
             // SAFETY: binding `b` is attaching: it stays in both registrations' lists until
             // the attach returns (see `live`).
             let client_cb = unsafe { client_cb.get() };
             // SAFETY: as above.
             let provider_instance = unsafe { provider_instance.get() };
-            client_cb.attach_provider(bh, provider_instance)
+            client_cb.attach_provider(binding, provider_instance)
         })
         .unwrap_or(Status::INVALID_PARAMETER);
-        let outcome = {
-            let mut guard = sync::lock(&self.inner.registry);
-            let r = &mut *guard;
-            let bind = r.bindings.at_mut(b);
-            bind.attach_thread = None;
-            let outcome = bind.machine.attach_returned(status == Status::SUCCESS);
-            if outcome == AttachOutcome::Discarded {
-                self.retire_binding(r, b);
-            }
-            outcome
-        };
-        tracing::debug!(target: "nmr::lifecycle", event = "attach", binding = %bh,
-            client = %RegistrationHandle(client_reg), provider = %RegistrationHandle(provider_reg), ?status, ?outcome);
-        match outcome {
-            AttachOutcome::Active | AttachOutcome::Discarded => {}
-            AttachOutcome::DetachBoth => self.run_detach(b, true),
-            AttachOutcome::DetachProvider => self.run_detach(b, false),
-        }
+        // Frames pushed by nested attaches are gone (each pops its own, panics included), so
+        // this one is the innermost.
+        let frame = ATTACHING.with(|s| {
+            let mut s = s.borrow_mut();
+            let pos = s
+                .iter()
+                .rposition(|a| a.registrar == registrar && a.binding == binding)
+                .unwrap_or_else(|| unreachable!("the attach frame is pushed above"));
+            s.remove(pos)
+        });
+        (status, frame)
     }
 
     /// `NmrClientAttachProvider`: called by a client from inside its `ClientAttachProvider`
@@ -636,36 +775,24 @@ impl Registrar {
         client_binding_context: Context,
         client_dispatch: Context,
     ) -> Result<ProviderAttachment, Status> {
-        let (b, provider_reg, provider_cb, client_instance) = {
-            let mut guard = sync::lock(&self.inner.registry);
-            let r = &mut *guard;
-            let id = Self::binding_id(binding).map_err(Error::status)?;
-            let bind = r
-                .bindings
-                .get_mut(id)
-                .ok_or(Error::InvalidHandle.status())?;
-            if bind.attach_thread != Some(sync::current_thread()) {
-                return Err(Error::NotAttaching.status());
-            }
-            bind.machine
-                .begin_provider_attach()
-                .map_err(Error::status)?;
-            bind.client_context = client_binding_context;
-            bind.client_dispatch = client_dispatch;
-            let (client, provider) = (bind.client, bind.provider);
-            let Callbacks::Provider(cb) = &r.regs.at(provider).callbacks else {
-                unreachable!("binding provider side is a provider registration")
-            };
-            (
-                id.index,
-                handle::encode(Kind::Provider, r.regs.id_of(provider)),
-                Live::of(cb),
-                Live::of(&r.regs.at(client).instance),
-            )
+        Self::binding_id(binding).map_err(Error::status)?;
+        let registrar = self.id();
+        // No lock: the attach in progress belongs to this thread (see `AttachFrame`).
+        let begun = with_frame(registrar, binding, |f| {
+            f.progress.begin_provider_attach()?;
+            f.client_context = client_binding_context;
+            f.client_dispatch = client_dispatch;
+            Ok((f.provider_reg, f.provider_cb, f.client_instance))
+        });
+        let (provider_reg, provider_cb, client_instance) = match begun {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(Error::status(e)),
+            None => return Err(self.not_attaching_here(binding).status()),
         };
         let result = invoke(provider_reg, "ProviderAttachClient", || {
-            // SAFETY: this thread runs the client's attach of binding `b` (checked above), so
-            // the binding stays in both registrations' lists until we return (see `live`).
+            // SAFETY: this thread runs the client's attach of this binding (its frame is
+            // pushed), so the binding stays in both registrations' lists until we return
+            // (see `live`).
             let provider_cb = unsafe { provider_cb.get() };
             // SAFETY: as above.
             let client_instance = unsafe { client_instance.get() };
@@ -677,17 +804,26 @@ impl Registrar {
             )
         })
         .unwrap_or(Err(Status::INVALID_PARAMETER));
-        {
-            let mut guard = sync::lock(&self.inner.registry);
-            let bind = guard.bindings.at_mut(b);
-            bind.machine.provider_attach_returned(result.is_ok());
-            if let Ok(a) = result {
-                bind.provider_context = a.binding_context;
-                bind.provider_dispatch = a.dispatch;
+        with_frame(registrar, binding, |f| {
+            f.progress.provider_attach_returned(result.is_ok());
+            if let Ok(a) = &result {
+                f.provider_context = a.binding_context;
+                f.provider_dispatch = a.dispatch;
             }
-        }
+        });
         tracing::debug!(target: "nmr::lifecycle", event = "provider-attach", %binding, ok = result.is_ok());
         result
+    }
+
+    /// Why `NmrClientAttachProvider` for `binding` found no attach of it on this thread: a
+    /// dead handle, or a live binding attached elsewhere or not attaching now.
+    fn not_attaching_here(&self, binding: BindingHandle) -> Error {
+        let guard = sync::lock(&self.inner.registry);
+        match Self::binding_id(binding).map(|id| guard.bindings.get(id).is_some()) {
+            Ok(true) => Error::NotAttaching,
+            Ok(false) => Error::InvalidHandle,
+            Err(e) => e,
+        }
     }
 
     /// What the detach and cleanup callbacks of binding `b` need, read under the lock. The

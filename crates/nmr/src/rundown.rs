@@ -12,8 +12,11 @@
 //! Each thread owns a 128-byte-aligned record with [`SLOTS`] "in call" slots, listed in a
 //! global registry. A [`RundownGuard`] costs, on entry, a plain store of the rundown's
 //! address into a free slot of the caller's own record, a compiler fence and a relaxed load
-//! of the `closed` flag; on exit a release store clearing the slot, a compiler fence and
-//! another relaxed load of `closed`. No read-modify-write, no write to a shared cache line.
+//! of the rundown's one-byte `gate` (its "closed" flag); on exit a release store clearing
+//! the slot, a compiler fence and another relaxed load of the gate. No read-modify-write, no
+//! write to a shared cache line. A sharded-mode rundown's gate is shut from the start, so
+//! the mode costs the slot path no test of its own: such calls find the gate shut, give the
+//! slot back and take the counter.
 //! `close` sets `closed`, then runs the heavy barrier, which forces every other thread
 //! through a full fence: afterwards each thread either saw `closed` at entry (and did not
 //! enter) or its slot is visible to the closer; each guard still in flight sees `closed` when
@@ -32,15 +35,25 @@
 //! that instant; every guard counted there releases exactly once afterwards, and seeing the
 //! closed bit it decrements `drain`. `close` adds the total (+1 for the `DrainRef`) to
 //! `drain`. Releases before that add push `drain` below zero, so it reaches zero once, when
-//! every counted guard and the `DrainRef` are gone ("counter drained").
+//! every counted guard and the `DrainRef` are gone ("counter drained"). When the total is
+//! zero (the common case, and always in asymmetric mode without owned guards) nothing will
+//! ever release into `drain`, so the `DrainRef` alone is the counter and skips it. In
+//! asymmetric mode the counter is allocated only by the first counted guard; a close that
+//! finds it unallocated seals it, so no counted guard can start afterwards.
 //!
 //! Slot part (asymmetric mode only): the thread that drains the counter stores
 //! `counter_drained`, fences and scans every thread record for the rundown's address; a slot
 //! guard that exits after `close` clears its slot, fences, and if `counter_drained` is set
 //! scans too. Of the last two such events one always sees the other (store, `SeqCst` fence,
-//! load on both sides), so someone sees "counter drained and no slot holds me"; taking
-//! `on_drained` out of its slot under a lock makes it run exactly once among the threads that
-//! see it.
+//! load on both sides), so someone sees "counter drained and no slot holds me". Those
+//! threads set the `FIRED` bit of one state word with a read-modify-write: only the first
+//! goes on. A callback installed after the close sets the `INSTALLED` bit of the same word,
+//! so whichever of the two came first decides whether the callback runs, and `fire` takes
+//! the callback lock only when one was installed.
+//!
+//! A close costs, with no call in flight and no other thread that ever made a slot call:
+//! one `fetch_or` (`closed`), one compare-and-swap (sealing the unallocated counter), and at the
+//! drain one fence and one `fetch_or`; the thread records are walked without a lock.
 //!
 //! loom (`tests/loom_rundown.rs`) checks this protocol with both halves of the asymmetric
 //! pair modelled as `SeqCst` fences. That model cannot show why the heavy barrier is needed:
@@ -48,7 +61,7 @@
 //! On hardware the caller has only a compiler fence, its slot store can still sit in its
 //! store buffer when it reads `closed`, and only the barrier, run on its CPU, drains it.
 
-use crate::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering, fence};
+use crate::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, AtomicUsize, Ordering, fence};
 use crate::sync::{self, Arc, Mutex};
 use crate::sys;
 use crossbeam_utils::CachePadded;
@@ -57,19 +70,131 @@ use std::fmt;
 const CLOSED: usize = 1;
 const ONE: usize = 2;
 
+/// `Rundown::gate` bits: closing began; this rundown counts its calls on the sharded counter
+/// (sharded mode). Slot calls test the whole byte, so one load and branch sends both cases
+/// to the cold path.
+const GATE_CLOSED: u8 = 1;
+const GATE_COUNTED: u8 = 2;
+
+/// `Rundown::done` bits.
+const FIRED: u8 = 1;
+const INSTALLED: u8 = 2;
+
 /// Nested calls one thread can have in flight on the asymmetric path; deeper nesting falls
 /// back to the sharded counter.
 pub const SLOTS: usize = 4;
 
 type OnDrained = Box<dyn FnOnce() + Send>;
-type Shards = Box<[CachePadded<AtomicUsize>]>;
+/// One shard of the counter: `count * 2 | CLOSED`, on cache lines of its own.
+type Shard = CachePadded<AtomicUsize>;
 
-fn new_shards() -> Option<Shards> {
-    Some(
-        (0..shard_count())
+mod shard_table {
+    //! A rundown's sharded counter behind one atomic pointer: allocated at most once (at
+    //! creation, or lazily by the first counted call in asymmetric mode), or sealed empty
+    //! by a close that found it unallocated, so that no counted call can start afterwards.
+    //! The table is a boxed slice of [`shard_count`] shards kept as a thin pointer to its
+    //! first element (the length is a process-wide constant).
+    use super::{Shard, shard_count};
+    use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+    use crossbeam_utils::CachePadded;
+    use std::ptr::{self, NonNull};
+
+    /// Marks a table sealed empty. Dangling (the alignment of a shard, 128) is never the
+    /// address of an allocation.
+    fn sealed() -> *mut Shard {
+        NonNull::<Shard>::dangling().as_ptr()
+    }
+
+    pub(super) struct Table(AtomicPtr<Shard>);
+
+    fn alloc() -> *mut Shard {
+        let b: Box<[Shard]> = (0..shard_count())
             .map(|_| CachePadded::new(AtomicUsize::new(0)))
-            .collect(),
-    )
+            .collect();
+        Box::into_raw(b).cast::<Shard>()
+    }
+
+    /// # Safety
+    /// `p` came from [`alloc`] and has not been freed.
+    unsafe fn slice<'a>(p: *mut Shard) -> &'a [Shard] {
+        // SAFETY: `alloc` made a boxed slice of `shard_count()` shards at `p`, still alive.
+        unsafe { std::slice::from_raw_parts(p, shard_count()) }
+    }
+
+    impl Table {
+        /// A table with its shards allocated.
+        pub(super) fn allocated() -> Self {
+            Table(AtomicPtr::new(alloc()))
+        }
+
+        /// A table whose shards are allocated on first use.
+        pub(super) fn lazy() -> Self {
+            Table(AtomicPtr::new(ptr::null_mut()))
+        }
+
+        fn view(&self, p: *mut Shard) -> Option<&[Shard]> {
+            if p.is_null() || p == sealed() {
+                return None;
+            }
+            // SAFETY: a pointer other than null and the seal was published by `allocated`
+            // or `get_or_alloc` from `alloc`, and is freed only when `self` drops.
+            Some(unsafe { slice(p) })
+        }
+
+        /// The shards, if allocated.
+        pub(super) fn get(&self) -> Option<&[Shard]> {
+            self.view(self.0.load(Ordering::Acquire))
+        }
+
+        /// The shards, allocating them if needed; `None` once sealed.
+        pub(super) fn get_or_alloc(&self) -> Option<&[Shard]> {
+            let p = self.0.load(Ordering::Acquire);
+            if !p.is_null() {
+                return self.view(p);
+            }
+            let new = alloc();
+            match self
+                .0
+                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => self.view(new),
+                Err(current) => {
+                    // SAFETY: `new` came from `alloc` and was never published.
+                    drop(unsafe {
+                        Box::from_raw(ptr::slice_from_raw_parts_mut(new, shard_count()))
+                    });
+                    self.view(current)
+                }
+            }
+        }
+
+        /// The shards if allocated; otherwise seals the table so that it never will be.
+        pub(super) fn seal(&self) -> Option<&[Shard]> {
+            let p = self.0.load(Ordering::Acquire);
+            if !p.is_null() {
+                return self.view(p);
+            }
+            match self.0.compare_exchange(
+                ptr::null_mut(),
+                sealed(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => None,
+                Err(current) => self.view(current),
+            }
+        }
+    }
+
+    impl Drop for Table {
+        fn drop(&mut self) {
+            let p = self.0.load(Ordering::Relaxed);
+            if !p.is_null() && p != sealed() {
+                // SAFETY: `p` came from `alloc` and dies with the table, which is going.
+                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shard_count())) });
+            }
+        }
+    }
 }
 
 /// How a rundown tracks calls made through [`Rundown::try_enter`].
@@ -127,7 +252,7 @@ pub fn force_fallback(on: bool) {
 /// Per-thread "in call" records, the asymmetric path's state.
 mod records {
     use super::SLOTS;
-    use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+    use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, fence};
     use crate::sync::{self, Mutex};
     use std::cell::Cell;
 
@@ -139,6 +264,9 @@ mod records {
         pub(super) slots: [AtomicUsize; SLOTS],
         /// Owned by a live thread (changed only under [`RECORDS`]' lock).
         owned: AtomicBool,
+        /// The record published before this one (set before this one is published, never
+        /// changed after): the records form a list closers walk without a lock.
+        next: AtomicPtr<ThreadRecord>,
     }
 
     impl ThreadRecord {
@@ -152,25 +280,51 @@ mod records {
 
     // Records are leaked and reused, never freed, so `&'static` references stay valid even
     // in guards dropped late in thread teardown; their number is bounded by the peak number
-    // of threads alive at once.
+    // of threads alive at once. `HEAD` starts the list of every record ever made (pushed
+    // under `RECORDS`, walked without it); `OWNED` counts the records live threads own.
+    // Taking and giving back records is serialised by `RECORDS`.
     #[cfg(not(loom))]
-    static RECORDS: Mutex<Vec<&'static ThreadRecord>> = Mutex::new(Vec::new());
+    static RECORDS: Mutex<()> = Mutex::new(());
+    #[cfg(not(loom))]
+    static HEAD: AtomicPtr<ThreadRecord> = AtomicPtr::new(std::ptr::null_mut());
+    #[cfg(not(loom))]
+    static OWNED: AtomicUsize = AtomicUsize::new(0);
     #[cfg(loom)]
     loom::lazy_static! {
-        static ref RECORDS: Mutex<Vec<&'static ThreadRecord>> = Mutex::new(Vec::new());
+        static ref RECORDS: Mutex<()> = Mutex::new(());
+        static ref HEAD: AtomicPtr<ThreadRecord> = AtomicPtr::new(std::ptr::null_mut());
+        static ref OWNED: AtomicUsize = AtomicUsize::new(0);
+    }
+
+    /// Every record made so far, newest first.
+    fn all() -> impl Iterator<Item = &'static ThreadRecord> {
+        let mut p = HEAD.load(Ordering::Acquire);
+        std::iter::from_fn(move || {
+            // SAFETY: records are leaked (never freed) and fully initialised before they
+            // are published with a release store that the acquire loads here pair with.
+            let r: &'static ThreadRecord = unsafe { p.as_ref() }?;
+            p = r.next.load(Ordering::Acquire);
+            Some(r)
+        })
     }
 
     fn acquire() -> &'static ThreadRecord {
-        let mut list = sync::lock(&RECORDS);
-        if let Some(r) = list.iter().find(|r| !r.owned.load(Ordering::Relaxed)) {
+        let _list = sync::lock(&RECORDS);
+        // A thread that takes its first record after a close counts in `OWNED` before it
+        // can enter; the fence orders that count before its first read of `closed` (see
+        // `others_active`).
+        OWNED.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if let Some(r) = all().find(|r| !r.owned.load(Ordering::Relaxed)) {
             r.owned.store(true, Ordering::Relaxed);
             return r;
         }
         let r: &'static ThreadRecord = Box::leak(Box::new(ThreadRecord {
             slots: std::array::from_fn(|_| AtomicUsize::new(0)),
             owned: AtomicBool::new(true),
+            next: AtomicPtr::new(HEAD.load(Ordering::Relaxed)),
         }));
-        list.push(r);
+        HEAD.store(std::ptr::from_ref(r).cast_mut(), Ordering::Release);
         r
     }
 
@@ -179,11 +333,11 @@ mod records {
     /// the record stays with the dead thread.
     #[cfg(not(loom))]
     fn release(r: &'static ThreadRecord) {
-        let list = sync::lock(&RECORDS);
+        let _list = sync::lock(&RECORDS);
         if r.slots.iter().all(|s| s.load(Ordering::Relaxed) == 0) {
             r.owned.store(false, Ordering::Relaxed);
+            OWNED.fetch_sub(1, Ordering::Relaxed);
         }
-        drop(list);
     }
 
     // The hot path reads a plain `Cell` thread-local (no destructor, so no lazy-registration
@@ -196,6 +350,7 @@ mod records {
         // 1 is never a rundown's address (rundowns are 8-aligned).
         slots: [const { AtomicUsize::new(1) }; SLOTS],
         owned: AtomicBool::new(true),
+        next: AtomicPtr::new(std::ptr::null_mut()),
     };
     #[cfg(not(loom))]
     std::thread_local! {
@@ -292,30 +447,27 @@ mod records {
 
     /// How many slots of all threads hold `addr`. Starts with a `SeqCst` fence, so that a
     /// caller that ordered its own stores before it sees everything the drain protocol
-    /// needs (see the module docs).
+    /// needs (see the module docs). Takes no lock.
     pub(super) fn count(addr: usize) -> usize {
         fence(Ordering::SeqCst);
-        let list = sync::lock(&RECORDS);
-        list.iter()
+        all()
             .flat_map(|r| r.slots.iter())
             .filter(|s| s.load(Ordering::SeqCst) == addr)
             .count()
     }
 
-    /// Does any thread other than this one own a record? Taken after `closed` is set: a
-    /// thread that takes its first record later does so under the same lock, so it sees
-    /// `closed` on its first entry; with no other record owned, no other thread can be in a
-    /// slot call and the heavy barrier has nothing to do.
+    /// Does any thread other than this one own a record? Called after the `SeqCst` store
+    /// of `closed`: a thread that takes its first record later counts itself in `OWNED`
+    /// and fences before its first entry, so it sees `closed`; with no other record
+    /// owned, no other thread can be in a slot call and the heavy barrier has nothing to do.
     pub(super) fn others_active() -> bool {
-        let mine = mine();
-        let list = sync::lock(&RECORDS);
-        list.iter()
-            .any(|r| r.owned.load(Ordering::Relaxed) && !mine.is_some_and(|m| std::ptr::eq(m, *r)))
+        let owned = OWNED.load(Ordering::SeqCst);
+        owned > usize::from(mine().is_some())
     }
 
     /// Thread records in existence (for diagnostics and tests of reuse).
     pub(super) fn total() -> usize {
-        sync::lock(&RECORDS).len()
+        all().count()
     }
 }
 
@@ -342,18 +494,22 @@ impl HoldsRundown for Rundown {
 
 /// Rundown protection for one side of a binding.
 pub struct Rundown {
-    /// Set once by `close`; read (relaxed) by every slot guard's entry and exit.
-    closed: AtomicBool,
+    /// [`GATE_CLOSED`], set once by `close`, and [`GATE_COUNTED`], fixed at creation; read
+    /// (relaxed) by every slot guard's entry and exit.
+    gate: AtomicU8,
     asymmetric: bool,
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
     ///
     /// Allocated on first use in asymmetric mode (owned guards are rare there); `close`
-    /// seals an unallocated counter as `None`, so a later first entry fails.
-    shards: std::sync::OnceLock<Option<Shards>>,
+    /// seals an unallocated counter, so a later first entry fails.
+    shards: shard_table::Table,
     drain: AtomicIsize,
     counter_drained: AtomicBool,
-    fired: AtomicBool,
+    /// [`FIRED`]: the drain completed (set once, by whoever completes it);
+    /// [`INSTALLED`]: a callback was put in `on_drained` (so `fire` locks only then). One
+    /// word, so the two threads that may set them agree on which came first.
+    done: AtomicU8,
     on_drained: Mutex<Option<OnDrained>>,
 }
 
@@ -430,18 +586,19 @@ impl Rundown {
     #[must_use]
     pub fn with_mode(mode: Mode) -> Self {
         let asymmetric = mode == Mode::Asymmetric && sys::init();
-        let shards = std::sync::OnceLock::new();
-        // Under loom the lazy path is not modelled (std's `OnceLock` is invisible to it).
-        if !asymmetric || cfg!(loom) {
-            let _ = shards.set(new_shards());
-        }
+        // Under loom the lazy path is not modelled, to keep the models small.
+        let shards = if !asymmetric || cfg!(loom) {
+            shard_table::Table::allocated()
+        } else {
+            shard_table::Table::lazy()
+        };
         Rundown {
-            closed: AtomicBool::new(false),
+            gate: AtomicU8::new(if asymmetric { 0 } else { GATE_COUNTED }),
             asymmetric,
             shards,
             drain: AtomicIsize::new(0),
             counter_drained: AtomicBool::new(false),
-            fired: AtomicBool::new(false),
+            done: AtomicU8::new(0),
             on_drained: Mutex::new(None),
         }
     }
@@ -466,7 +623,7 @@ impl Rundown {
     /// returned shard must be passed to [`exit`](Self::exit).
     #[inline]
     pub(crate) fn enter_raw(&self) -> Option<usize> {
-        let shards = self.shards.get_or_init(new_shards).as_ref()?;
+        let shards = self.shards.get_or_alloc()?;
         let i = my_shard(shards.len() - 1);
         let s = &shards[i];
         let mut v = s.load(Ordering::Relaxed);
@@ -484,7 +641,7 @@ impl Rundown {
     /// Ends a counter call started on `shard` (any thread may end it).
     #[inline]
     pub(crate) fn exit(&self, shard: usize) {
-        let Some(Some(shards)) = self.shards.get() else {
+        let Some(shards) = self.shards.get() else {
             unreachable!("a counted guard exists, so the counter does")
         };
         let prev = shards[shard].fetch_sub(ONE, Ordering::Release);
@@ -499,19 +656,24 @@ impl Rundown {
     fn enter_slot(&self, slot: &AtomicUsize) -> bool {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.enter_refused(slot);
             return false;
         }
         true
     }
 
-    /// `closed` was seen on entry: give the slot back (out of line, so the open case falls
-    /// straight through to the call).
+    /// The gate was shut on entry (closed, or a sharded-mode rundown): give the slot back
+    /// (out of line, so the open case falls straight through to the call).
     #[cold]
     #[inline(never)]
     fn enter_refused(&self, slot: &AtomicUsize) {
-        self.exit_slot(slot);
+        if self.asymmetric {
+            self.exit_slot(slot);
+        } else {
+            // No closer of a sharded-mode rundown looks at slots.
+            slot.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Ends a slot call (on the thread that started it).
@@ -519,7 +681,8 @@ impl Rundown {
     fn exit_slot(&self, slot: &AtomicUsize) {
         slot.store(0, Ordering::Release);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        // Only asymmetric-mode calls finish a slot entry, so the gate is shut only by a close.
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.slot_exit_after_close();
         }
     }
@@ -529,7 +692,7 @@ impl Rundown {
     #[cold]
     #[inline(never)]
     fn slot_exit_after_close(&self) {
-        if self.fired.load(Ordering::Acquire) {
+        if self.drained() {
             // Drained already: this was an entry attempt refused after close.
             return;
         }
@@ -542,30 +705,36 @@ impl Rundown {
     #[cold]
     fn release_drain(&self) {
         if self.drain.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if self.asymmetric {
-                // `count` starts with a `SeqCst` fence: the store-fence-load half of the
-                // handshake with slot exits.
-                self.counter_drained.store(true, Ordering::Release);
-                if records::count(self.addr()) != 0 {
-                    // The last slot guard to exit fires.
-                    return;
-                }
-            }
-            self.fire();
+            self.counter_done();
         }
     }
 
-    /// Runs `on_drained`, once, whoever gets here first. Every caller gets here only once
-    /// the drain is complete, so `fired` is set even when no callback is installed yet (see
+    /// The counter has drained (every counted guard and the `DrainRef` are gone): fire,
+    /// unless a slot guard is still in flight (then the last one to exit fires).
+    fn counter_done(&self) {
+        if self.asymmetric {
+            // `count` starts with a `SeqCst` fence: the store-fence-load half of the
+            // handshake with slot exits.
+            self.counter_drained.store(true, Ordering::Release);
+            if records::count(self.addr()) != 0 {
+                return;
+            }
+        }
+        self.fire();
+    }
+
+    /// Completes the drain and runs `on_drained` if one is installed, once, whoever gets
+    /// here first. Every caller gets here only once the drain is complete, so `fired` is
+    /// set even when no callback is installed yet (see
     /// [`close_deferred`](Self::close_deferred)).
     fn fire(&self) {
-        let f = {
-            let mut slot = sync::lock(&self.on_drained);
-            self.fired.store(true, Ordering::Release);
-            slot.take()
-        };
-        if let Some(f) = f {
-            f();
+        let prev = self.done.fetch_or(FIRED, Ordering::AcqRel);
+        if prev & FIRED == 0 && prev & INSTALLED != 0 {
+            // Installed first: `set_on_drained` put the callback in before setting the bit.
+            let f = sync::lock(&self.on_drained).take();
+            if let Some(f) = f {
+                f();
+            }
         }
     }
 
@@ -575,17 +744,17 @@ impl Rundown {
     pub fn try_enter(&self) -> Option<RundownGuard<'_>> {
         // Kept small and inlined: the guard then lives in registers (returning it through
         // memory costs a store-forwarding stall larger than the whole protection).
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                return Some(RundownGuard {
+                    rundown: self,
+                    how: How::Slot(slot),
+                    _not_send: std::marker::PhantomData,
+                });
+            }
+            if self.asymmetric {
                 return None;
             }
-            return Some(RundownGuard {
-                rundown: self,
-                how: How::Slot(slot),
-                _not_send: std::marker::PhantomData,
-            });
         }
         self.try_enter_counted()
     }
@@ -606,17 +775,17 @@ impl Rundown {
     /// a little less work on the asymmetric path.
     #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                let _g = SlotExit {
+                    rundown: self,
+                    slot,
+                };
+                return Some(f());
+            }
+            if self.asymmetric {
                 return None;
             }
-            let _g = SlotExit {
-                rundown: self,
-                slot,
-            };
-            return Some(f());
         }
         self.call_counted(f)
     }
@@ -677,7 +846,7 @@ impl Rundown {
 
     /// Has the drain completed (`on_drained` ran, or would have)? Only after a close.
     pub(crate) fn drained(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
+        self.done.load(Ordering::Acquire) & FIRED != 0
     }
 
     /// After [`close_deferred`](Self::close_deferred): installs `on_drained` to run when the
@@ -686,11 +855,17 @@ impl Rundown {
     /// `fire` takes, so exactly one of the two happens.
     pub(crate) fn set_on_drained(&self, on_drained: impl FnOnce() + Send + 'static) -> bool {
         let mut slot = sync::lock(&self.on_drained);
-        if self.fired.load(Ordering::Relaxed) {
-            return false;
-        }
         *slot = Some(Box::new(on_drained));
-        true
+        if self.done.fetch_or(INSTALLED, Ordering::AcqRel) & FIRED == 0 {
+            // Installed before the drain completed: `fire` will see the bit and run it.
+            return true;
+        }
+        // The drain completed first, without a callback: take it back, unrun, and drop it
+        // after the lock.
+        let back = slot.take();
+        drop(slot);
+        drop(back);
+        false
     }
 
     fn close_with(
@@ -699,41 +874,47 @@ impl Rundown {
         on_drained: Option<OnDrained>,
     ) -> Option<DrainRef> {
         debug_assert!(std::ptr::eq(owner.rundown(), self));
-        {
-            let mut slot = sync::lock(&self.on_drained);
-            if self.closed.load(Ordering::Relaxed) {
-                return None;
-            }
-            *slot = on_drained;
-            // Ordered for slot callers by the heavy barrier below (or, with no other thread
-            // owning a record, by the records lock any newcomer takes first).
-            self.closed.store(true, Ordering::Release);
+        if self.gate.fetch_or(GATE_CLOSED, Ordering::SeqCst) & GATE_CLOSED != 0 {
+            return None;
         }
+        if let Some(f) = on_drained {
+            // Cannot be refused: the drain waits for the `DrainRef` returned below.
+            let installed = self.set_on_drained(f);
+            debug_assert!(installed);
+        }
+        // Ordered for slot callers by the heavy barrier below (or, with no other thread
+        // owning a record, by the fence every newcomer runs when it takes one). loom models
+        // `SeqCst` accesses as acquire/release only; its fence restores what C++20 gives
+        // the `SeqCst` swap above and load in `others_active`.
+        #[cfg(loom)]
+        fence(Ordering::SeqCst);
         if self.asymmetric && records::others_active() {
             // Every thread now either saw `closed` or published its slot (module docs).
             sys::heavy_fence();
         }
-        let mut total: isize = 1;
-        for s in self
-            .shards
-            .get_or_init(|| None)
-            .iter()
-            .flat_map(|b| b.iter())
-        {
+        let mut counted: isize = 0;
+        for s in self.shards.seal().into_iter().flatten() {
             let prev = s.fetch_or(CLOSED, Ordering::AcqRel);
             #[expect(clippy::cast_possible_wrap, reason = "counts are far below isize::MAX")]
             {
-                total += (prev >> 1) as isize;
+                counted += (prev >> 1) as isize;
             }
         }
-        self.drain.fetch_add(total, Ordering::AcqRel);
-        Some(DrainRef { owner })
+        // With no counted call in flight none will release into `drain` (later entries see
+        // the closed bits), so the `DrainRef` skips the counter.
+        if counted > 0 {
+            self.drain.fetch_add(counted + 1, Ordering::AcqRel);
+        }
+        Some(DrainRef {
+            owner,
+            counted: counted > 0,
+        })
     }
 
     /// Has closing begun?
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.gate.load(Ordering::Acquire) & GATE_CLOSED != 0
     }
 
     /// Calls in flight right now (a racy snapshot, for diagnostics; scans every thread's
@@ -745,7 +926,6 @@ impl Rundown {
             .get()
             .into_iter()
             .flatten()
-            .flat_map(|b| b.iter())
             .map(|s| s.load(Ordering::Relaxed) >> 1)
             .sum();
         if self.asymmetric {
@@ -820,6 +1000,8 @@ impl Drop for OwnedRundownGuard {
 #[must_use = "dropping it releases the closer's reference"]
 pub struct DrainRef {
     owner: Arc<dyn HoldsRundown>,
+    /// Counted calls were in flight at the close: release through the counter.
+    counted: bool,
 }
 
 impl fmt::Debug for DrainRef {
@@ -832,7 +1014,12 @@ impl fmt::Debug for DrainRef {
 
 impl Drop for DrainRef {
     fn drop(&mut self) {
-        self.owner.rundown().release_drain();
+        let r = self.owner.rundown();
+        if self.counted {
+            r.release_drain();
+        } else {
+            r.counter_done();
+        }
     }
 }
 
@@ -1086,5 +1273,59 @@ mod tests {
                 Mode::Asymmetric
             );
         }
+    }
+}
+
+/// loom models of the deferred drain callback the typed layer uses (crate-internal API, so
+/// the models live here; `scripts/test.sh` runs them with `--lib loom_`).
+#[cfg(all(test, loom))]
+mod loom_deferred {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize as LoomUsize;
+
+    /// A call in flight on another thread races the closer, which releases its `DrainRef`
+    /// and then installs a callback only if the drain has not completed: the callback runs
+    /// exactly when `set_on_drained` says it was installed, once, after the last call.
+    fn set_on_drained_races_the_last_exit(mode: Mode) {
+        loom::model(move || {
+            let r = Arc::new(Rundown::with_mode(mode));
+            let active = Arc::new(LoomUsize::new(0));
+            let ran = Arc::new(LoomUsize::new(0));
+            let t = {
+                let (r, active) = (Arc::clone(&r), Arc::clone(&active));
+                loom::thread::spawn(move || {
+                    r.call(|| {
+                        active.fetch_add(1, Ordering::SeqCst);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                })
+            };
+            let drain = r
+                .close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                .expect("first close");
+            drop(drain);
+            let installed = if r.drained() {
+                false
+            } else {
+                let (active, ran2) = (Arc::clone(&active), Arc::clone(&ran));
+                r.set_on_drained(move || {
+                    assert_eq!(active.load(Ordering::SeqCst), 0, "drained mid-call");
+                    ran2.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            t.join().expect("caller");
+            assert!(r.drained());
+            assert_eq!(ran.load(Ordering::SeqCst), usize::from(installed));
+        });
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_asymmetric() {
+        set_on_drained_races_the_last_exit(Mode::Asymmetric);
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_sharded() {
+        set_on_drained_races_the_last_exit(Mode::Sharded);
     }
 }

@@ -25,31 +25,3 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn wait<'a, T>(c: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     c.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// The current thread's id, under loom or std.
-pub(crate) fn current_thread() -> ThreadId {
-    #[cfg(not(loom))]
-    {
-        // A counter rather than `std::thread::current()`: no allocation, and nothing for a
-        // leak checker to flag in a C program's main thread.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        std::thread_local! { static ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) }; }
-        ID.with(|id| {
-            if id.get() == 0 {
-                id.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-            }
-            ThreadId(id.get())
-        })
-    }
-    #[cfg(loom)]
-    {
-        loom::thread::current().id()
-    }
-}
-
-#[cfg(loom)]
-pub(crate) use loom::thread::ThreadId;
-/// A thread's identity (for "is this the attaching thread?" checks).
-#[cfg(not(loom))]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) struct ThreadId(u64);
