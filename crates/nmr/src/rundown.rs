@@ -38,8 +38,9 @@
 //! every counted guard and the `DrainRef` are gone ("counter drained"). When the total is
 //! zero (the common case, and always in asymmetric mode without owned guards) nothing will
 //! ever release into `drain`, so the `DrainRef` alone is the counter and skips it. In
-//! asymmetric mode the counter is allocated only by the first counted guard; a close that
-//! finds it unallocated seals it, so no counted guard can start afterwards.
+//! asymmetric mode the counter is allocated only by the first counted guard; a counted guard
+//! that might have installed it after a close looked for it checks the gate afterwards and
+//! backs out (see `enter_raw`).
 //!
 //! Slot part (asymmetric mode only): the thread that drains the counter stores
 //! `counter_drained`, fences and scans every thread record for the rundown's address; a slot
@@ -52,8 +53,8 @@
 //! the callback lock only when one was installed.
 //!
 //! A close costs, with no call in flight and no other thread that ever made a slot call:
-//! one `fetch_or` (`closed`), one compare-and-swap (sealing the unallocated counter), and at the
-//! drain one fence and one `fetch_or`; the thread records are walked without a lock.
+//! one `fetch_or` (`closed`), and at the drain one fence and one `fetch_or`; the thread
+//! records are walked without a lock.
 //!
 //! loom (`tests/loom_rundown.rs`) checks this protocol with both halves of the asymmetric
 //! pair modelled as `SeqCst` fences. That model cannot show why the heavy barrier is needed:
@@ -89,21 +90,15 @@ type OnDrained = Box<dyn FnOnce() + Send>;
 type Shard = CachePadded<AtomicUsize>;
 
 mod shard_table {
-    //! A rundown's sharded counter behind one atomic pointer: allocated at most once (at
-    //! creation, or lazily by the first counted call in asymmetric mode), or sealed empty
-    //! by a close that found it unallocated, so that no counted call can start afterwards.
-    //! The table is a boxed slice of [`shard_count`] shards kept as a thin pointer to its
-    //! first element (the length is a process-wide constant).
+    //! A rundown's sharded counter behind one atomic pointer, allocated at most once: at
+    //! creation, or lazily by the first counted call in asymmetric mode. The table is a boxed
+    //! slice of [`shard_count`] shards kept as a thin pointer to its first element (the
+    //! length is a process-wide constant). Loads and the install are `SeqCst`: a close that
+    //! finds no table relies on it (see `Rundown::enter_raw`).
     use super::{Shard, shard_count};
     use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
     use crossbeam_utils::CachePadded;
-    use std::ptr::{self, NonNull};
-
-    /// Marks a table sealed empty. Dangling (the alignment of a shard, 128) is never the
-    /// address of an allocation.
-    fn sealed() -> *mut Shard {
-        NonNull::<Shard>::dangling().as_ptr()
-    }
+    use std::ptr;
 
     pub(super) struct Table(AtomicPtr<Shard>);
 
@@ -115,10 +110,10 @@ mod shard_table {
     }
 
     /// # Safety
-    /// `p` came from [`alloc`] and has not been freed.
-    unsafe fn slice<'a>(p: *mut Shard) -> &'a [Shard] {
-        // SAFETY: `alloc` made a boxed slice of `shard_count()` shards at `p`, still alive.
-        unsafe { std::slice::from_raw_parts(p, shard_count()) }
+    /// `p` came from [`alloc`] and is freed only after the returned borrow ends.
+    unsafe fn free(p: *mut Shard) {
+        // SAFETY: per the contract, `p` is the start of a live boxed slice from `alloc`.
+        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shard_count())) });
     }
 
     impl Table {
@@ -133,65 +128,51 @@ mod shard_table {
         }
 
         fn view(&self, p: *mut Shard) -> Option<&[Shard]> {
-            if p.is_null() || p == sealed() {
+            if p.is_null() {
                 return None;
             }
-            // SAFETY: a pointer other than null and the seal was published by `allocated`
-            // or `get_or_alloc` from `alloc`, and is freed only when `self` drops.
-            Some(unsafe { slice(p) })
+            // SAFETY: a non-null pointer was published by `allocated` or `get_or_alloc` from
+            // `alloc` (a boxed slice of `shard_count()` shards), and is freed only when
+            // `self` drops, which the borrow of `self` prevents.
+            Some(unsafe { std::slice::from_raw_parts(p, shard_count()) })
         }
 
         /// The shards, if allocated.
         pub(super) fn get(&self) -> Option<&[Shard]> {
-            self.view(self.0.load(Ordering::Acquire))
+            self.view(self.0.load(Ordering::SeqCst))
         }
 
-        /// The shards, allocating them if needed; `None` once sealed.
-        pub(super) fn get_or_alloc(&self) -> Option<&[Shard]> {
-            let p = self.0.load(Ordering::Acquire);
-            if !p.is_null() {
-                return self.view(p);
+        /// The shards, allocated if need be.
+        pub(super) fn get_or_alloc(&self) -> &[Shard] {
+            let p = self.0.load(Ordering::SeqCst);
+            if let Some(s) = self.view(p) {
+                return s;
             }
             let new = alloc();
-            match self
-                .0
-                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => self.view(new),
+            let p = match self.0.compare_exchange(
+                ptr::null_mut(),
+                new,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => new,
                 Err(current) => {
                     // SAFETY: `new` came from `alloc` and was never published.
-                    drop(unsafe {
-                        Box::from_raw(ptr::slice_from_raw_parts_mut(new, shard_count()))
-                    });
-                    self.view(current)
+                    unsafe { free(new) };
+                    current
                 }
-            }
-        }
-
-        /// The shards if allocated; otherwise seals the table so that it never will be.
-        pub(super) fn seal(&self) -> Option<&[Shard]> {
-            let p = self.0.load(Ordering::Acquire);
-            if !p.is_null() {
-                return self.view(p);
-            }
-            match self.0.compare_exchange(
-                ptr::null_mut(),
-                sealed(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => None,
-                Err(current) => self.view(current),
-            }
+            };
+            self.view(p)
+                .unwrap_or_else(|| unreachable!("the table is allocated now"))
         }
     }
 
     impl Drop for Table {
         fn drop(&mut self) {
             let p = self.0.load(Ordering::Relaxed);
-            if !p.is_null() && p != sealed() {
+            if !p.is_null() {
                 // SAFETY: `p` came from `alloc` and dies with the table, which is going.
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shard_count())) });
+                unsafe { free(p) };
             }
         }
     }
@@ -501,8 +482,8 @@ pub struct Rundown {
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
     ///
-    /// Allocated on first use in asymmetric mode (owned guards are rare there); `close`
-    /// seals an unallocated counter, so a later first entry fails.
+    /// Allocated on first use in asymmetric mode (owned guards are rare there); a first
+    /// entry after a close backs out (see [`enter_raw`](Self::enter_raw)).
     shards: shard_table::Table,
     drain: AtomicIsize,
     counter_drained: AtomicBool,
@@ -586,8 +567,7 @@ impl Rundown {
     #[must_use]
     pub fn with_mode(mode: Mode) -> Self {
         let asymmetric = mode == Mode::Asymmetric && sys::init();
-        // Under loom the lazy path is not modelled, to keep the models small.
-        let shards = if !asymmetric || cfg!(loom) {
+        let shards = if !asymmetric {
             shard_table::Table::allocated()
         } else {
             shard_table::Table::lazy()
@@ -623,7 +603,7 @@ impl Rundown {
     /// returned shard must be passed to [`exit`](Self::exit).
     #[inline]
     pub(crate) fn enter_raw(&self) -> Option<usize> {
-        let shards = self.shards.get_or_alloc()?;
+        let shards = self.shards.get_or_alloc();
         let i = my_shard(shards.len() - 1);
         let s = &shards[i];
         let mut v = s.load(Ordering::Relaxed);
@@ -631,11 +611,27 @@ impl Rundown {
             if v & CLOSED != 0 {
                 return None;
             }
-            match s.compare_exchange_weak(v, v + ONE, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Some(i),
+            match s.compare_exchange_weak(v, v + ONE, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
                 Err(cur) => v = cur,
             }
         }
+        // A lazily allocated table may have been installed after a close looked for it and
+        // found none, so that close set no closed bit here. Its `SeqCst` gate store came
+        // before its table load, which came before the install, which came before the load
+        // of the gate below: this call sees the gate shut and backs out (a close that did
+        // see the table counted this call, and the exit releases it into the drain).
+        if self.asymmetric {
+            // loom models `SeqCst` accesses as acquire/release only; with this fence and the
+            // one after the close's gate store it sees the order C++20 gives them.
+            #[cfg(loom)]
+            fence(Ordering::SeqCst);
+            if self.gate.load(Ordering::SeqCst) & GATE_CLOSED != 0 {
+                self.exit(i);
+                return None;
+            }
+        }
+        Some(i)
     }
 
     /// Ends a counter call started on `shard` (any thread may end it).
@@ -893,7 +889,7 @@ impl Rundown {
             sys::heavy_fence();
         }
         let mut counted: isize = 0;
-        for s in self.shards.seal().into_iter().flatten() {
+        for s in self.shards.get().into_iter().flatten() {
             let prev = s.fetch_or(CLOSED, Ordering::AcqRel);
             #[expect(clippy::cast_possible_wrap, reason = "counts are far below isize::MAX")]
             {
