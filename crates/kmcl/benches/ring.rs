@@ -10,7 +10,10 @@
 
 mod contenders;
 
-use contenders::{LARGE, crossbeam, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread};
+use contenders::{
+    LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
+    ring, ring_single_thread,
+};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -53,12 +56,23 @@ fn large_packets(c: &mut Criterion) {
     g.bench_function("memcpy_one_thread_1MiB_working_set", |b| {
         b.iter_custom(|it| memcpy_set(it * N))
     });
+    // The two-core ceiling: a plain SPSC queue of 16 x 64 KiB buffers, no VMBus format.
+    g.bench_function("handoff_ceiling_16x64KiB", |b| {
+        b.iter_custom(|it| handoff_ceiling(it * N, 16))
+    });
     // 1 MiB ring: 15 packets in flight; 256 KiB ring: 3 (stays in the L2 caches).
     g.bench_function("kmcl_ring_two_threads_1MiB_ring", |b| {
         b.iter_custom(|it| ring(it * N, LARGE, 256, 1))
     });
     g.bench_function("kmcl_ring_two_threads_256KiB_ring", |b| {
         b.iter_custom(|it| ring(it * N, LARGE, 64, 1))
+    });
+    // Channels: 16 GPADL slots named by GPA-direct packets, and 16 in-band packets in flight.
+    g.bench_function("kmcl_channel_gpadl_16_slots", |b| {
+        b.iter_custom(|it| gpadl_slots(it * N, 16, true))
+    });
+    g.bench_function("kmcl_channel_in_band_16", |b| {
+        b.iter_custom(|it| channel_in_band(it * N, 16))
     });
     g.finish();
 }

@@ -9,11 +9,19 @@
 //!   every 32 packets or after each), a bounded crossbeam channel and
 //!   `std::sync::mpsc::sync_channel`, both with 1024 slots (the same 64 KiB of payload).
 //! * 64 KiB packets: `kmcl::pipe` over a 1 MiB ring against single-thread memcpy of the
-//!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set.
+//!   same bytes, between two hot 64 KiB buffers and cycling over a 1 MiB + 1 MiB working set,
+//!   and against the two-core ceiling: a plain SPSC queue of 16 (and 4) 64 KiB buffers with
+//!   no VMBus format, one copy in and one copy out (`handoff_ceiling`). Also through a
+//!   GPADL: a channel pair whose client fills one of 16 (or 4) 64 KiB slots of a GPADL and
+//!   sends a GPA-direct packet naming it; the server copies the payload out through
+//!   `external_data()` and completes, which frees the slot (`gpadl_slots`).
 
 mod contenders;
 
-use contenders::{LARGE, crossbeam, memcpy_hot, memcpy_set, mpsc, ring, ring_single_thread};
+use contenders::{
+    LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
+    ring, ring_single_thread,
+};
 use std::time::Duration;
 
 const SMALL_N: u64 = 400_000;
@@ -54,24 +62,47 @@ fn main() {
     let large: Vec<Contender> = vec![
         ("memcpy_hot_64KiB", Box::new(|| memcpy_hot(LARGE_N))),
         ("memcpy_1MiB_set", Box::new(|| memcpy_set(LARGE_N))),
+        (
+            "ceiling_16x64KiB",
+            Box::new(|| handoff_ceiling(LARGE_N, 16)),
+        ),
+        ("ceiling_4x64KiB", Box::new(|| handoff_ceiling(LARGE_N, 4))),
         ("ring_1MiB", Box::new(|| ring(LARGE_N, LARGE, 256, 0))),
         ("ring_256KiB", Box::new(|| ring(LARGE_N, LARGE, 64, 0))),
+        ("ring_512KiB", Box::new(|| ring(LARGE_N, LARGE, 128, 0))),
+        ("ring_2MiB", Box::new(|| ring(LARGE_N, LARGE, 512, 0))),
+        (
+            "gpadl_16_slots",
+            Box::new(|| gpadl_slots(LARGE_N, 16, true)),
+        ),
+        ("gpadl_4_slots", Box::new(|| gpadl_slots(LARGE_N, 4, true))),
+        (
+            "gpadl_16_no_copies",
+            Box::new(|| gpadl_slots(LARGE_N, 16, false)),
+        ),
+        (
+            "channel_in_band_16",
+            Box::new(|| channel_in_band(LARGE_N, 16)),
+        ),
     ];
     // `small` or `large` as an argument runs only that half.
     let only_small = std::env::args().any(|a| a == "small");
     let only_large = std::env::args().any(|a| a == "large");
-    for (title, set, unit, per) in [
+    // The first `bases` contenders of a set are the baselines every later one is compared to.
+    for (title, set, unit, per, bases) in [
         (
             "64-byte packets, two threads",
             &small,
             "Mpkt/s",
             SMALL_N as f64 / 1e6,
+            2,
         ),
         (
             "64 KiB packets",
             &large,
             "GiB/s",
             (LARGE_N as f64) * (LARGE as f64) / (1u64 << 30) as f64,
+            3,
         ),
     ] {
         if (only_small && set.len() == large.len() && title.starts_with("64 KiB"))
@@ -99,8 +130,8 @@ fn main() {
                 all.join(" ")
             );
         }
-        for base in 0..2 {
-            for cand in 2..set.len() {
+        for base in 0..bases {
+            for cand in base + 1..set.len() {
                 let mut ratio: Vec<f64> = (0..rounds)
                     .map(|k| rates[cand][k] / rates[base][k])
                     .collect();

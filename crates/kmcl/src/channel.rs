@@ -31,10 +31,14 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::Error;
+use crate::gpadl::{
+    ExternalRange, ExternalView, GpadlBuffer, GpadlFlags, GpadlHandle, GpadlMapping, MapAccess,
+    Teardown,
+};
 use crate::lifecycle::{Action, Lifecycle, Phase, Role};
 use crate::ring::{
-    ExternalData, FLAG_COMPLETION_REQUESTED, IncomingRing, OutgoingRing, PacketHeader, PacketInfo,
-    TYPE_COMPLETION, TYPE_IN_BAND, packet_len,
+    ExternalData, FLAG_COMPLETION_REQUESTED, GpaRange, IncomingRing, OutgoingRing, PacketHeader,
+    PacketInfo, TYPE_COMPLETION, TYPE_GPA_DIRECT, TYPE_IN_BAND, packet_len,
 };
 use crate::shmem::{PAGE_SIZE, RingView};
 use crate::transport::{Connector, Link, OpenParams, Wake};
@@ -167,6 +171,7 @@ struct RecvCounters {
     wakeups: AtomicU64,
     batches: AtomicU64,
     unretired_drops: AtomicU64,
+    gpadls_deleted_at_close: AtomicU64,
 }
 
 /// A snapshot of a channel's counters.
@@ -196,6 +201,9 @@ pub struct Counters {
     pub batches: u64,
     /// Incoming packets whose token was dropped without complete or fail.
     pub unretired_drops: u64,
+    /// GPADLs the client had not deleted when its Closed callback returned; kmcl deleted
+    /// them then (see [`crate::gpadl`]).
+    pub gpadls_deleted_at_close: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -249,7 +257,16 @@ enum QueuedKind {
 struct Queued {
     header: PacketHeader,
     payload: Vec<u8>,
+    /// The type-specific header of a GPA-direct packet; `None`: the KMCL header.
+    ext: Option<Vec<u8>>,
     kind: QueuedKind,
+}
+
+/// The KMCL header of an in-band or completion packet: the exact payload length.
+fn kmcl_header(payload_len: usize) -> [u8; KMCL_HEADER_LEN] {
+    let mut ext = [0u8; KMCL_HEADER_LEN];
+    ext[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    ext
 }
 
 struct Out {
@@ -359,12 +376,13 @@ impl Shared {
     fn submit(
         self: &Arc<Self>,
         header: PacketHeader,
+        external: Option<&[u8]>,
         payload: &[u8],
         no_queue: bool,
         make_queued: impl FnOnce(&[u8]) -> Queued,
     ) -> Result<bool, Error> {
-        let mut ext = [0u8; KMCL_HEADER_LEN];
-        ext[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let kmcl = kmcl_header(payload.len());
+        let ext = external.unwrap_or(&kmcl);
         let defer = IN_BATCH.with(|b| b.get()) == self.id();
         let mut out = lock(&self.out);
         match out.state {
@@ -384,7 +402,7 @@ impl Shared {
             return Err(Error::DeviceRemoved);
         };
         if queue.is_empty() {
-            match ring.try_write(header, &ext, payload) {
+            match ring.try_write(header, ext, payload) {
                 Ok(true) => {
                     self.send.packets_sent.fetch_add(1, Ordering::Relaxed);
                     self.send
@@ -408,7 +426,7 @@ impl Shared {
         if no_queue {
             return Err(Error::BufferOverflow);
         }
-        let needed = packet_len(KMCL_HEADER_LEN, payload.len()).unwrap_or(u32::MAX);
+        let needed = packet_len(ext.len(), payload.len()).unwrap_or(u32::MAX);
         queue.push_back(make_queued(payload));
         self.send.packets_queued.fetch_add(1, Ordering::Relaxed);
         // Publish what we have so the reader can free space, then ask to be signalled.
@@ -445,9 +463,9 @@ impl Shared {
             return Ok(());
         };
         while let Some(q) = queue.front() {
-            let mut ext = [0u8; KMCL_HEADER_LEN];
-            ext[..4].copy_from_slice(&(q.payload.len() as u32).to_le_bytes());
-            if ring.try_write(q.header, &ext, &q.payload)? {
+            let kmcl = kmcl_header(q.payload.len());
+            let ext = q.ext.as_deref().unwrap_or(&kmcl);
+            if ring.try_write(q.header, ext, &q.payload)? {
                 self.send.packets_sent.fetch_add(1, Ordering::Relaxed);
                 self.send
                     .bytes_sent
@@ -456,7 +474,7 @@ impl Shared {
                     written.push(q);
                 }
             } else {
-                let needed = packet_len(KMCL_HEADER_LEN, q.payload.len()).unwrap_or(u32::MAX);
+                let needed = packet_len(ext.len(), q.payload.len()).unwrap_or(u32::MAX);
                 if !ring.request_space(needed)? {
                     break;
                 }
@@ -627,9 +645,10 @@ impl Shared {
             flags: 0,
             trans_id: id,
         };
-        self.submit(header, response, false, |p| Queued {
+        self.submit(header, None, response, false, |p| Queued {
             header,
             payload: p.to_vec(),
+            ext: None,
             kind: QueuedKind::Response,
         })
         .map(|_| ())
@@ -650,6 +669,7 @@ impl Shared {
             wakeups: self.recv.wakeups.load(r),
             batches: self.recv.batches.load(r),
             unretired_drops: self.recv.unretired_drops.load(r),
+            gpadls_deleted_at_close: self.recv.gpadls_deleted_at_close.load(r),
         }
     }
 }
@@ -736,26 +756,67 @@ impl OutgoingPacket {
     ) -> Result<(), Error> {
         self.send_inner(
             payload,
+            None,
             flags.wait_for_completion,
             Box::new(completion),
             false,
         )
     }
 
+    /// Sends `payload` with external data (`VmbPacketSendWithExternalMdl`): a GPA-direct
+    /// packet (type 9) whose ranges name parts of GPADLs this client created, by GPADL
+    /// page numbers (see [`crate::gpadl`]). Always waits for the peer's completion (KMCL
+    /// requires `WAIT_FOR_COMPLETION`): until `completion` runs, the peer may read (and,
+    /// unless the GPADL is read-only, write) the ranges. Client only. The range
+    /// descriptors count against the maximum packet size (16 bytes per range plus 8 per
+    /// page, besides the payload).
+    ///
+    /// Errors (nothing is sent, the routine does not run): `UnknownGpadl`,
+    /// `GpadlBeingDeleted`, `AccessOutOfBounds` (a range past its GPADL's end),
+    /// `InvalidArgument` (no ranges, an empty range), `PacketTooLarge`, `DeviceRemoved`,
+    /// `InvalidState` on a server.
+    pub fn send_with_external(
+        self,
+        payload: &[u8],
+        ranges: &[ExternalRange],
+        completion: impl FnOnce(PacketCompletion<'_>) + Send + 'static,
+    ) -> Result<(), Error> {
+        if self.shared.role != Role::Client {
+            return Err(Error::InvalidState(
+                "external data names GPADLs, which only a client creates",
+            ));
+        }
+        let ext = self
+            .shared
+            .link
+            .gpadls()
+            .encode_ranges(ranges, payload.len())?;
+        self.send_inner(payload, Some(ext), true, Box::new(completion), false)
+    }
+
     fn send_inner(
         mut self,
         payload: &[u8],
+        external: Option<Vec<u8>>,
         wait: bool,
         completion: CompletionFn,
         no_queue: bool,
     ) -> Result<(), Error> {
-        if payload.len() > self.shared.max_packet() {
+        // Range descriptors count against the maximum packet size (the KMCL header does not).
+        let descriptors = external
+            .as_ref()
+            .map_or(0, |e| e.len().saturating_sub(KMCL_HEADER_LEN));
+        if payload.len().saturating_add(descriptors) > self.shared.max_packet() {
             return Err(Error::PacketTooLarge);
         }
         let shared = self.shared.clone();
         let (idx, generation) = (self.idx, self.generation);
         let header = PacketHeader {
-            packet_type: TYPE_IN_BAND,
+            packet_type: if external.is_some() {
+                TYPE_GPA_DIRECT
+            } else {
+                TYPE_IN_BAND
+            },
             flags: if wait { FLAG_COMPLETION_REQUESTED } else { 0 },
             trans_id: trans_id(idx, generation),
         };
@@ -770,12 +831,13 @@ impl OutgoingPacket {
                 };
             }
             drop(txs);
-            let r = shared.submit(header, payload, no_queue, |p| {
+            let r = shared.submit(header, external.as_deref(), payload, no_queue, |p| {
                 buf.clear();
                 buf.extend_from_slice(p);
                 Queued {
                     header,
                     payload: std::mem::take(&mut buf),
+                    ext: external.clone(),
                     kind: QueuedKind::Transaction { idx, generation },
                 }
             });
@@ -807,12 +869,13 @@ impl OutgoingPacket {
             }
         } else {
             let mut completion = Some(completion);
-            let r = shared.submit(header, payload, no_queue, |p| {
+            let r = shared.submit(header, None, payload, no_queue, |p| {
                 buf.clear();
                 buf.extend_from_slice(p);
                 Queued {
                     header,
                     payload: std::mem::take(&mut buf),
+                    ext: None,
                     kind: QueuedKind::Notify {
                         idx,
                         generation,
@@ -861,6 +924,11 @@ pub struct PacketToken {
     shared: Arc<Shared>,
     trans_id: Option<u64>,
     retired: bool,
+    /// The ranges of a GPA-direct packet, validated when [`PacketToken::external_data`]
+    /// is called.
+    external: Option<Vec<GpaRange>>,
+    /// The external data did not validate: the packet was failed.
+    failed: AtomicBool,
 }
 
 impl fmt::Debug for PacketToken {
@@ -877,11 +945,51 @@ impl PacketToken {
         self.trans_id.is_some()
     }
 
+    /// Whether the packet carries external data (it is a GPA-direct packet).
+    pub fn has_external_data(&self) -> bool {
+        self.external.is_some()
+    }
+
+    /// The packet's external data (`VmbChannelPacketGetExternalData`), every range
+    /// validated against the GPADL it names; see [`ExternalView`]. The view borrows the
+    /// token, so it cannot be used once the packet is completed.
+    ///
+    /// Errors: `NoExternalData` (not a GPA-direct packet); for a range that does not
+    /// validate, `UnknownGpadl`, `GpadlBeingDeleted`, `ExternalRangeOutOfBounds` or
+    /// `ExternalRangeMalformed`, and the packet is failed: the incoming queue stops (the
+    /// reason is the channel's [`ChannelHandle::stop_reason`]); complete or fail the
+    /// token as usual afterwards (`complete` then sends nothing and returns
+    /// `PacketFailed`).
+    pub fn external_data(&self) -> Result<ExternalView<'_>, Error> {
+        let Some(ranges) = &self.external else {
+            return Err(Error::NoExternalData);
+        };
+        match self.shared.link.gpadls().resolve(ranges) {
+            Ok(segments) => Ok(ExternalView::new(segments)),
+            Err(e) => {
+                if !self.failed.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "external data refused; packet failed");
+                    self.shared.incoming_failed.store(true, Ordering::SeqCst);
+                    let mut ctl = lock(&self.shared.ctl);
+                    if ctl.stop_reason.is_none() {
+                        ctl.stop_reason = Some(e.duplicate());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Completes the packet (`VmbChannelPacketComplete`), sending `response` in a
     /// completion packet if the sender asked for one (otherwise `response` is ignored).
     /// The packet is retired even if the response cannot be sent (the error says why).
+    /// A packet whose external data was refused is only retired (`PacketFailed`).
     pub fn complete(mut self, response: &[u8]) -> Result<(), Error> {
         self.retired = true;
+        if self.failed.load(Ordering::SeqCst) {
+            self.shared.retire();
+            return Err(Error::PacketFailed);
+        }
         let r = match self.trans_id {
             Some(id) => self.shared.send_completion(id, response),
             None => Ok(()),
@@ -941,15 +1049,39 @@ impl<'a> IncomingPacket<'a> {
         self.payload
     }
 
-    /// External data (transfer-page or GPA-direct ranges), parsed and validated. This crate
-    /// has no GPADLs, so the ranges are descriptive only.
-    pub fn external_data(&self) -> Option<&'a ExternalData> {
+    /// The external data description as on the wire (transfer-page or GPA-direct ranges),
+    /// parsed and checked for form only. Transfer-page sets are not implemented, so those
+    /// ranges are descriptive only; GPA-direct data is read through
+    /// [`IncomingPacket::external_data`].
+    pub fn external_ranges(&self) -> Option<&'a ExternalData> {
         self.external
+    }
+
+    /// The external data of a GPA-direct packet, validated against the GPADLs it names;
+    /// see [`PacketToken::external_data`]. The view borrows the packet, so it is gone once
+    /// the packet is completed:
+    ///
+    /// ```
+    /// fn consume(packet: kmcl::IncomingPacket<'_>, out: &mut Vec<u8>) {
+    ///     match packet.external_data() {
+    ///         Ok(data) => out.extend_from_slice(&data.to_vec()),
+    ///         Err(e) => eprintln!("refused: {e}"), // the packet was failed
+    ///     }
+    ///     let _ = packet.complete(&[]);
+    /// }
+    /// ```
+    pub fn external_data(&self) -> Result<ExternalView<'_>, Error> {
+        self.token.external_data()
     }
 
     /// Whether the sender asked for a completion packet.
     pub fn completion_requested(&self) -> bool {
         self.token.completion_requested()
+    }
+
+    /// Whether the packet carries external data (it is a GPA-direct packet).
+    pub fn has_external_data(&self) -> bool {
+        self.token.has_external_data()
     }
 
     /// Completes the packet inline; see [`PacketToken::complete`].
@@ -1043,7 +1175,13 @@ impl ChannelHandle {
             *lock(&c2.0) = Some(c.result.map(|r| r.to_vec()));
             c2.1.notify_all();
         });
-        packet.send_inner(payload, true, completion, timeout == Some(Duration::ZERO))?;
+        packet.send_inner(
+            payload,
+            None,
+            true,
+            completion,
+            timeout == Some(Duration::ZERO),
+        )?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = lock(&cell.0);
         loop {
@@ -1076,6 +1214,112 @@ impl ChannelHandle {
                 }
             }
         }
+    }
+
+    /// Creates a GPADL on `buffer` (`VmbChannelCreateGpadlFromBuffer`): the server can
+    /// map it, and packets sent with [`OutgoingPacket::send_with_external`] can name
+    /// parts of it. Returns once the server has confirmed it. Client only, once the channel
+    /// is open (from the Opened callback on). Across processes the buffer must be
+    /// [`GpadlBuffer::shared`] (`BufferNotShareable` otherwise).
+    ///
+    /// Errors: `InvalidState` (a server, or not open yet), `DeviceRemoved` (closed, or the
+    /// server went away), `GpadlRefused` (the server refused it), `CleanedUp`.
+    pub fn create_gpadl_from_buffer(
+        &self,
+        buffer: &GpadlBuffer,
+        flags: GpadlFlags,
+    ) -> Result<GpadlHandle, Error> {
+        if self.shared.role != Role::Client {
+            return Err(Error::InvalidState("GPADLs are created by the client"));
+        }
+        match self.phase() {
+            Phase::Opening | Phase::Opened { .. } => {}
+            Phase::Initializing | Phase::Enabled => {
+                return Err(Error::InvalidState("channel not open"));
+            }
+            Phase::Closed | Phase::Disabled => return Err(Error::DeviceRemoved),
+            Phase::CleanedUp => return Err(Error::CleanedUp),
+        }
+        let gpadls = self.shared.link.gpadls();
+        let handle = gpadls.begin_create(buffer)?;
+        let on_dispatcher = DISPATCHER.with(|d| d.get()) == self.shared.id();
+        if let Err(e) = self
+            .shared
+            .link
+            .create_gpadl(handle, buffer, flags, on_dispatcher)
+        {
+            gpadls.abandon(handle);
+            return Err(e);
+        }
+        self.shared.link.kick();
+        gpadls.wait_created(handle)?;
+        Ok(handle)
+    }
+
+    /// Deletes a GPADL (`VmbChannelDeleteGpadl`). Blocks while the server still has it
+    /// mapped; returns at once once the server is gone (its mapping, if any, keeps the
+    /// memory alive: the buffer is never freed under it). Client only. It may be called
+    /// from this channel's callbacks (the spec asks for it in Closed); there it blocks the
+    /// dispatcher while the server keeps the GPADL mapped.
+    ///
+    /// Errors: `UnknownGpadl` (never created, already deleted, or deleted by kmcl at
+    /// Closed), `GpadlBeingDeleted` (another thread is deleting it), `InvalidState` on a
+    /// server, `CleanedUp`.
+    pub fn delete_gpadl(&self, handle: GpadlHandle) -> Result<(), Error> {
+        if self.shared.role != Role::Client {
+            return Err(Error::InvalidState("GPADLs are deleted by the client"));
+        }
+        if self.phase() == Phase::CleanedUp {
+            return Err(Error::CleanedUp);
+        }
+        let gpadls = self.shared.link.gpadls();
+        if !gpadls.begin_delete(handle)? {
+            return Ok(());
+        }
+        let on_dispatcher = DISPATCHER.with(|d| d.get()) == self.shared.id();
+        self.shared.link.teardown_gpadl(handle, on_dispatcher)?;
+        self.shared.link.kick();
+        gpadls.wait_deleted(handle);
+        Ok(())
+    }
+
+    /// Maps a GPADL the client created (`VmbChannelMapGpadl`). At most one mapping per
+    /// GPADL at a time; unmapped by [`GpadlMapping::unmap`] or by dropping it. Server
+    /// only.
+    ///
+    /// Errors: `UnknownGpadl`, `GpadlAlreadyMapped`, `GpadlReadOnly` (a write mapping of a
+    /// read-only GPADL), `GpadlBeingDeleted`, `InvalidState` on a client, `CleanedUp`.
+    pub fn map_gpadl(&self, handle: GpadlHandle, access: MapAccess) -> Result<GpadlMapping, Error> {
+        if self.shared.role != Role::Server {
+            return Err(Error::InvalidState("GPADLs are mapped by the server"));
+        }
+        if self.phase() == Phase::CleanedUp {
+            return Err(Error::CleanedUp);
+        }
+        let region = self.shared.link.gpadls().map(handle, access)?;
+        let shared = self.shared.clone();
+        Ok(GpadlMapping {
+            handle,
+            region,
+            writable: access == MapAccess::ReadWrite,
+            on_unmap: Some(Box::new(move |h| {
+                if shared.link.gpadls().unmap(h) == Teardown::Done {
+                    shared.link.gpadl_torn_down(h);
+                }
+            })),
+        })
+    }
+
+    /// Allocates a packet and sends it with external data; see
+    /// [`OutgoingPacket::send_with_external`].
+    pub fn send_with_external(
+        &self,
+        payload: &[u8],
+        ranges: &[ExternalRange],
+        completion: impl FnOnce(PacketCompletion<'_>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.allocate_packet()?
+            .send_with_external(payload, ranges, completion)
     }
 
     /// Sets the transaction quota: at most `quota` incoming packets delivered and not yet
@@ -1403,6 +1647,7 @@ impl Channel {
                 buf: Vec::new(),
                 exit: false,
                 peer_gone_pending: false,
+                rounds: 0,
             };
             d.run(params);
         });
@@ -1549,15 +1794,28 @@ struct Dispatcher {
     /// The peer went away (or the channel must stop); handled once the requests queued
     /// before that moment have run, so callbacks keep their order.
     peer_gone_pending: bool,
+    /// Rounds of the main loop (for servicing the control socket now and then).
+    rounds: u32,
 }
 
-/// The payload of an in-band or completion packet: after the KMCL header if there is one.
+/// The payload of a packet: the padded payload area, cut to the length in the KMCL header
+/// if there is one (in-band and completion packets: the whole type-specific area;
+/// GPA-direct packets: the 8 bytes right after the ranges, see `PROTOCOL.md`).
 fn kmcl_payload<'b>(buf: &'b [u8], info: &PacketInfo) -> Result<&'b [u8], Error> {
     let padded = &buf[info.payload.clone()];
-    if info.ext.len() < KMCL_HEADER_LEN || info.external.is_some() {
-        return Ok(padded);
-    }
-    let at = info.ext.start;
+    let at = match &info.external {
+        None if info.ext.len() >= KMCL_HEADER_LEN => info.ext.start,
+        Some(ExternalData::GpaDirect { ranges }) => {
+            let end = ranges
+                .iter()
+                .fold(info.ext.start + 8, |at, r| at + 8 + 8 * r.pfns.len());
+            if info.ext.end.checked_sub(end) != Some(KMCL_HEADER_LEN) {
+                return Ok(padded);
+            }
+            end
+        }
+        _ => return Ok(padded),
+    };
     let mut n = [0u8; 4];
     n.copy_from_slice(&buf[at..at + 4]);
     let len = u32::from_le_bytes(n) as usize;
@@ -1631,6 +1889,15 @@ impl Dispatcher {
                 continue;
             }
             if self.exit {
+                continue;
+            }
+            // Under steady traffic the loop may not sleep in `wait` (which also reads the
+            // control socket) for a long time: look at it every 16 rounds.
+            self.rounds = self.rounds.wrapping_add(1);
+            if self.rounds.is_multiple_of(16)
+                && self.shared.link.service_control() == Wake::PeerGone
+            {
+                self.peer_gone_pending = true;
                 continue;
             }
             if let Err(e) = self.pump() {
@@ -1738,6 +2005,11 @@ impl Dispatcher {
                         None
                     },
                     retired: false,
+                    external: match &info.external {
+                        Some(ExternalData::GpaDirect { ranges }) => Some(ranges.clone()),
+                        _ => None,
+                    },
+                    failed: AtomicBool::new(false),
                 };
                 let packet = IncomingPacket {
                     payload,
@@ -1831,11 +2103,26 @@ impl Dispatcher {
                         cb(h)
                     }
                 }),
-                Action::CallClosed => self.call_state(|s, h| {
-                    if let Some(cb) = s.closed.as_mut() {
-                        cb(h)
+                Action::CallClosed => {
+                    self.call_state(|s, h| {
+                        if let Some(cb) = s.closed.as_mut() {
+                            cb(h)
+                        }
+                    });
+                    // Spec: every GPADL is deleted by now. Those that are not are deleted
+                    // here, without waiting for the peer (gone, or told next).
+                    let left = self.shared.link.gpadls().delete_leftovers();
+                    if left > 0 {
+                        tracing::warn!(
+                            left,
+                            "GPADLs not deleted by the Closed callback; deleted by kmcl"
+                        );
+                        self.shared
+                            .recv
+                            .gpadls_deleted_at_close
+                            .fetch_add(left as u64, Ordering::Relaxed);
                     }
-                }),
+                }
                 Action::StartIncoming => self.incoming_on = true,
                 Action::StopIncoming => self.incoming_on = false,
                 Action::DrainIncoming => {

@@ -2,13 +2,83 @@
 //! answered with a completion carrying the same payload, one channel per connection, until
 //! the peer closes. A library module so that other programs (the `nmr` command) can serve
 //! it too.
+//!
+//! GPADLs and external data:
+//! * a GPA-direct packet (external data) is answered with its payload followed by the
+//!   bytes of its external data; if the external data does not validate, the packet is
+//!   failed (no answer; the server's incoming queue stops);
+//! * the in-band commands [`MAP_COMMAND`] and [`UNMAP_COMMAND`], each followed by a GPADL
+//!   handle (`u32`, little-endian), map that GPADL for reading and hold the mapping, or
+//!   drop it; the answer is `ok`, or the error's text. They let a client observe
+//!   `delete_gpadl` blocking while the server has the GPADL mapped.
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 
-use crate::{Channel, ChannelHandle, Connector, Error, Role, StateCallbacks, UnixListener};
+use crate::{
+    Channel, ChannelHandle, Connector, Error, GpadlHandle, IncomingPacket, MapAccess, Role,
+    StateCallbacks, UnixListener,
+};
+
+/// In-band command: map the GPADL whose handle follows (4 bytes, little-endian).
+pub const MAP_COMMAND: &[u8] = b"kmcl-echo:map ";
+/// In-band command: unmap the GPADL whose handle follows.
+pub const UNMAP_COMMAND: &[u8] = b"kmcl-echo:unmap ";
+
+fn command_handle(payload: &[u8], command: &[u8]) -> Option<Result<GpadlHandle, Error>> {
+    let rest = payload.strip_prefix(command)?;
+    let raw = <[u8; 4]>::try_from(rest)
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::InvalidArgument("a GPADL handle is 4 bytes"));
+    Some(raw.and_then(|r| GpadlHandle::from_raw(r).ok_or(Error::UnknownGpadl(0))))
+}
+
+/// Answers one packet (see the module documentation).
+fn answer(
+    ch: &ChannelHandle,
+    packet: IncomingPacket<'_>,
+    mappings: &mut HashMap<GpadlHandle, crate::GpadlMapping>,
+) {
+    let payload = packet.payload();
+    let reply = if packet.has_external_data() {
+        match packet.external_data() {
+            Ok(data) => {
+                let mut r = payload.to_vec();
+                r.extend_from_slice(&data.to_vec());
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "external data refused; packet failed");
+                let _ = packet.complete(&[]);
+                return;
+            }
+        }
+    } else if let Some(h) = command_handle(payload, MAP_COMMAND) {
+        match h.and_then(|h| Ok((h, ch.map_gpadl(h, MapAccess::Read)?))) {
+            Ok((h, m)) => {
+                mappings.insert(h, m);
+                b"ok".to_vec()
+            }
+            Err(e) => e.to_string().into_bytes(),
+        }
+    } else if let Some(h) = command_handle(payload, UNMAP_COMMAND) {
+        match h.and_then(|h| mappings.remove(&h).ok_or(Error::UnknownGpadl(h.raw()))) {
+            Ok(m) => {
+                m.unmap();
+                b"ok".to_vec()
+            }
+            Err(e) => e.to_string().into_bytes(),
+        }
+    } else {
+        payload.to_vec()
+    };
+    if let Err(e) = packet.complete(&reply) {
+        tracing::warn!(error = %e, "could not send the echo");
+    }
+}
 
 /// Serves one channel on `connector` until the peer closes it, then disables and cleans it
 /// up.
@@ -20,13 +90,9 @@ pub fn serve(connector: Connector, id: u64) -> Result<(), Error> {
     channel.set_friendly_name(&format!("echo-{id}"))?;
     // The client sizes the rings; accept any packet that fits them.
     channel.set_max_packet_size(512 * 1024 - 64)?;
+    let mut mappings = HashMap::new();
     channel.set_process_packet_callbacks(
-        |_ch, packet| {
-            let payload = packet.payload();
-            if let Err(e) = packet.complete(payload) {
-                tracing::warn!(error = %e, "could not send the echo");
-            }
-        },
+        move |ch, packet| answer(ch, packet, &mut mappings),
         None::<fn(&ChannelHandle, u32)>,
     )?;
     let (closed_tx, closed_rx) = mpsc::channel();

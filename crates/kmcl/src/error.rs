@@ -64,6 +64,52 @@ pub enum Error {
     /// An operating-system call failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A copy into or out of a buffer (GPADL buffer, mapping, external data) reached past
+    /// its end.
+    #[error("access of {len} bytes at offset {offset} is outside a buffer of {size} bytes")]
+    AccessOutOfBounds {
+        /// First byte of the access.
+        offset: usize,
+        /// Bytes accessed.
+        len: usize,
+        /// Size of the buffer.
+        size: usize,
+    },
+    /// No GPADL with this handle exists on the channel (never created, already deleted,
+    /// or torn down when the channel closed).
+    #[error("unknown GPADL handle {0}")]
+    UnknownGpadl(u32),
+    /// The GPADL is already mapped: at most one mapping per GPADL at a time.
+    #[error("GPADL {0} is already mapped")]
+    GpadlAlreadyMapped(u32),
+    /// Writing to a GPADL that was created read-only (a write mapping, or a write through
+    /// a read-only mapping or external data).
+    #[error("the GPADL is read-only")]
+    GpadlReadOnly,
+    /// The client is deleting this GPADL: it can no longer be mapped or named in a packet.
+    #[error("GPADL {0} is being deleted")]
+    GpadlBeingDeleted(u32),
+    /// The server refused to create the GPADL (its status code).
+    #[error("the server refused the GPADL (status {0:#x})")]
+    GpadlRefused(u32),
+    /// A heap GPADL buffer cannot be shared with another process: use `GpadlBuffer::shared`.
+    #[error("this GPADL buffer cannot be shared with another process")]
+    BufferNotShareable,
+    /// The incoming packet carries no external data (it is not a GPA-direct packet).
+    #[error("the packet has no external data")]
+    NoExternalData,
+    /// A GPA-direct range names pages outside the GPADL, or bytes past its end.
+    #[error("external data range outside GPADL {handle} ({size} bytes)")]
+    ExternalRangeOutOfBounds {
+        /// The GPADL the range names.
+        handle: u32,
+        /// The GPADL's size in bytes.
+        size: usize,
+    },
+    /// A GPA-direct range that cannot describe GPADL memory: empty, an in-page offset of
+    /// 4096 or more, or page numbers that are not consecutive pages of one GPADL.
+    #[error("malformed external data range: {0}")]
+    ExternalRangeMalformed(&'static str),
 }
 
 impl Error {
@@ -87,6 +133,23 @@ impl Error {
             Self::OpenRefused => Self::OpenRefused,
             Self::NoMemory => Self::NoMemory,
             Self::Io(e) => Self::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Self::AccessOutOfBounds { offset, len, size } => Self::AccessOutOfBounds {
+                offset: *offset,
+                len: *len,
+                size: *size,
+            },
+            Self::UnknownGpadl(h) => Self::UnknownGpadl(*h),
+            Self::GpadlAlreadyMapped(h) => Self::GpadlAlreadyMapped(*h),
+            Self::GpadlReadOnly => Self::GpadlReadOnly,
+            Self::GpadlBeingDeleted(h) => Self::GpadlBeingDeleted(*h),
+            Self::GpadlRefused(s) => Self::GpadlRefused(*s),
+            Self::BufferNotShareable => Self::BufferNotShareable,
+            Self::NoExternalData => Self::NoExternalData,
+            Self::ExternalRangeOutOfBounds { handle, size } => Self::ExternalRangeOutOfBounds {
+                handle: *handle,
+                size: *size,
+            },
+            Self::ExternalRangeMalformed(s) => Self::ExternalRangeMalformed(s),
         }
     }
 }

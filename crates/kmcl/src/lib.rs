@@ -12,6 +12,8 @@
 //!                     Opened -> (client: implicit, server: start()) Started -> PostStarted
 //! ... traffic: allocate_packet().send(..), send_synchronous_request(..),
 //!     process-packet callback + PacketToken::complete/fail ...
+//!     GPADLs: create_gpadl_from_buffer / send_with_external / delete_gpadl (client),
+//!     map_gpadl / IncomingPacket::external_data (server) ...
 //! pause() / start()   Suspend + drain / Started + PostStarted
 //! disable()           blocks: Suspend (if active), drain, transactions fail, Closed
 //! cleanup()           only when disabled
@@ -26,10 +28,12 @@
 //!   completion tokens, transaction quota.
 //! * [`transport`]: two endpoints in one process, or two processes over a memfd mapping,
 //!   eventfds and a Unix socket (`PROTOCOL.md`).
+//! * [`gpadl`]: GPADLs (shared buffers the client lends the server), their tables, and
+//!   the validated views of external data in GPA-direct packets.
 //! * [`pipe`]: the bare ring protocol as a blocking in-process packet pipe (what the
 //!   two-thread benchmarks measure).
 //! * [`event`]: the in-process coalescing signal; [`sync`]: the std/loom facade.
-//! * `shmem`: the only `unsafe` code: shared-memory atomics and copies.
+//! * `shmem`: the only `unsafe` code: shared-memory atomics and bounds-checked copies.
 //!
 //! Errors are one enum, [`Error`]; KMCL's NTSTATUS values are noted on its variants.
 //!
@@ -44,9 +48,18 @@
 //! * Every incoming packet must be completed or failed exactly once; `pause` and `disable`
 //!   wait for that. A dropped [`PacketToken`] is logged, counted and fails the packet,
 //!   which stops the incoming queue (like `VmbChannelPacketFail`).
-//! * Not implemented: GPADLs (transfer-page and GPA-direct packets are parsed and validated,
-//!   their ranges are not mapped), deferring to passive, re-enabling a disabled channel,
-//!   server save/restore, subchannels.
+//! * GPADLs must be deleted by the time the Closed callback returns (spec); kmcl deletes
+//!   any that are left then, counts them in [`Counters::gpadls_deleted_at_close`] and
+//!   logs a warning. External data is read and written by copies
+//!   ([`ExternalView::read`], [`ExternalView::write`]), never through `&[u8]`: the
+//!   memory is shared with a peer that may change it at any moment. A GPA-direct range
+//!   that does not validate fails the packet (the incoming queue stops).
+//! * Not implemented: transfer-page sets (type-7 packets are parsed and checked for form,
+//!   their ranges are only described: [`IncomingPacket::external_ranges`]), the MDL and
+//!   PFN-list variants of GPADL creation and sending (`CreateGpadlFromMdl`,
+//!   `SendWithExternalPfns`: a GPADL is always a whole [`GpadlBuffer`]), `PENDING` from
+//!   `GetExternalData` (validation is synchronous), deferring to passive, re-enabling a
+//!   disabled channel, server save/restore, subchannels.
 
 // Unsafe code is confined to small modules; every block says why it holds, one operation
 // at a time (the workspace denies these; here they cannot be allowed at all).
@@ -58,6 +71,7 @@ pub mod channel;
 pub mod echo;
 mod error;
 pub mod event;
+pub mod gpadl;
 pub mod lifecycle;
 pub mod pipe;
 pub mod ring;
@@ -70,5 +84,8 @@ pub use channel::{
     PacketCompletion, PacketToken, SendFlags, StateCallbacks,
 };
 pub use error::Error;
+pub use gpadl::{
+    ExternalRange, ExternalView, GpadlBuffer, GpadlFlags, GpadlHandle, GpadlMapping, MapAccess,
+};
 pub use lifecycle::{Phase, Role};
 pub use transport::{Connector, UnixListener};

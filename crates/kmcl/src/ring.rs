@@ -161,8 +161,10 @@ pub struct GpaRange {
     pub pfns: Vec<u64>,
 }
 
-/// Data described outside the ring (parsed and validated, not mapped: this crate has no
-/// GPADLs).
+/// Data described outside the ring, as on the wire (parsed and checked for form only).
+/// GPA-direct ranges are resolved against GPADLs by
+/// [`IncomingPacket::external_data`](crate::IncomingPacket::external_data); transfer-page
+/// sets are not implemented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExternalData {
     /// Type 7.

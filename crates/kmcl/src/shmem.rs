@@ -1,9 +1,10 @@
-//! Ring memory: the only module with `unsafe` code.
+//! Shared memory: the only module with `unsafe` code.
 //!
 //! A ring is a 4 KiB control page followed by its data area (see [`crate::ring`]). This
 //! module provides the [`RingMemory`] trait the ring code runs on, and two backings for it:
 //! a page-aligned heap allocation (two endpoints in one process) and a shared `mmap` of a
-//! memfd (two processes).
+//! memfd (two processes). GPADL buffers ([`crate::gpadl`]) are [`Region`]s too, accessed
+//! only through the bounds-checked copies [`Region::read_at`] and [`Region::write_at`].
 //!
 //! # Safety argument
 //!
@@ -95,12 +96,15 @@ enum Backing {
     Mapped,
 }
 
-/// A page-aligned block of memory holding one or more rings.
+/// A page-aligned block of memory holding one or more rings, or a GPADL buffer.
 #[derive(Debug)]
 pub struct Region {
     base: NonNull<u8>,
     len: usize,
     backing: Backing,
+    /// False for a read-only mapping: [`Region::write_at`] refuses, and the ring views
+    /// (which store control words) are never built on it.
+    writable: bool,
 }
 
 // SAFETY: `Region` owns its allocation or mapping; all access goes through atomics or
@@ -126,6 +130,7 @@ impl Region {
             base,
             len,
             backing: Backing::Heap(layout),
+            writable: true,
         }))
     }
 
@@ -164,6 +169,13 @@ impl Region {
     /// accesses would fault (`SIGBUS`): require the `F_SEAL_SHRINK` seal on files from an
     /// untrusted peer, as the Unix transport does.
     pub fn map(fd: impl AsFd, len: usize) -> Result<Arc<Region>, Error> {
+        Self::map_with(fd, len, true)
+    }
+
+    /// Like [`Region::map`], read-only (`PROT_READ`) unless `writable`: the process cannot
+    /// write the memory even by mistake, and [`Region::write_at`] refuses with
+    /// [`Error::GpadlReadOnly`].
+    pub fn map_with(fd: impl AsFd, len: usize, writable: bool) -> Result<Arc<Region>, Error> {
         let nz = NonZeroUsize::new(len).ok_or(Error::InvalidArgument("empty mapping"))?;
         if !len.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidArgument(
@@ -179,24 +191,69 @@ impl Region {
             ));
         }
         use nix::sys::mman::{MapFlags, ProtFlags};
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
         // SAFETY: we ask for a fresh shared mapping at an address the kernel chooses; it does
         // not alias any Rust object. Size and file length were checked above.
-        let ptr = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|e| Error::Io(e.into()))?;
+        let ptr = unsafe { nix::sys::mman::mmap(None, nz, prot, MapFlags::MAP_SHARED, fd, 0) }
+            .map_err(|e| Error::Io(e.into()))?;
         Ok(Arc::new(Region {
             base: ptr.cast(),
             len,
             backing: Backing::Mapped,
+            writable,
         }))
+    }
+
+    /// Whether [`Region::write_at`] is allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// `base + offset` after checking that `offset..offset + len` lies inside the region.
+    fn checked_ptr(&self, offset: usize, len: usize) -> Result<*mut u8, Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(self.base.as_ptr().wrapping_add(offset)),
+            _ => Err(Error::AccessOutOfBounds {
+                offset,
+                len,
+                size: self.len,
+            }),
+        }
+    }
+
+    /// Copies `dst.len()` bytes starting at byte `offset` of the region into `dst`.
+    /// `AccessOutOfBounds` if the range does not lie inside the region.
+    ///
+    /// The memory may be shared with another process that writes it concurrently: the copy
+    /// then holds whatever bytes were there (callers treat them as untrusted), never bytes
+    /// from outside the region.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
+        let src = self.checked_ptr(offset, dst.len())?;
+        // SAFETY: `src..src + dst.len()` is inside the region (checked above), which stays
+        // mapped while `&self` lives; `dst` is private memory that cannot overlap a region
+        // (regions are fresh allocations or mappings we own). See the module's safety
+        // argument for concurrent writes by a peer.
+        unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` into the region starting at byte `offset`. `AccessOutOfBounds` if the
+    /// range does not lie inside the region, `GpadlReadOnly` on a read-only mapping.
+    pub fn write_at(&self, offset: usize, src: &[u8]) -> Result<(), Error> {
+        if !self.writable {
+            return Err(Error::GpadlReadOnly);
+        }
+        let dst = self.checked_ptr(offset, src.len())?;
+        // SAFETY: `dst..dst + src.len()` is inside the region (checked above) and writable
+        // (checked above: heap regions and read-write mappings only); `src` is private
+        // memory. Which bytes of a shared buffer a side may write is the business of the
+        // protocol on top; a concurrent writer can only make readers see mixed bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        Ok(())
     }
 
     /// Total length in bytes.
@@ -251,6 +308,9 @@ impl RingView {
             .ok_or(Error::InvalidArgument("ring offset"))?;
         if !offset.is_multiple_of(PAGE_SIZE) || end > region.len {
             return Err(Error::InvalidArgument("ring does not fit in its region"));
+        }
+        if !region.writable {
+            return Err(Error::InvalidArgument("a ring needs a writable region"));
         }
         Ok(Self {
             region,

@@ -382,3 +382,297 @@ fn a_peer_that_corrupts_the_ring_stops_the_channel() {
     ch.cleanup().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// GPADLs across processes
+
+use kmcl::{ExternalRange, GpadlBuffer, GpadlFlags, GpadlHandle};
+
+/// Sends a packet with external data and waits for the answer.
+fn external_request(
+    ch: &Channel,
+    payload: &[u8],
+    ranges: &[ExternalRange],
+) -> Result<Vec<u8>, Error> {
+    let (tx, rx) = mpsc::channel();
+    ch.send_with_external(payload, ranges, move |c| {
+        let _ = tx.send(c.result.map(<[u8]>::to_vec));
+    })?;
+    rx.recv().unwrap()
+}
+
+fn echo_command(ch: &Channel, command: &[u8], h: GpadlHandle) -> String {
+    let mut p = command.to_vec();
+    p.extend_from_slice(&h.raw().to_le_bytes());
+    String::from_utf8(ch.send_synchronous_request(&p, None).unwrap()).unwrap()
+}
+
+#[test]
+fn external_data_through_a_shared_gpadl_with_kmcl_echo() {
+    let echo = Echo::spawn();
+    let log = Log::default();
+    let ch = client(&echo, &log);
+    until(|| ch.phase() == Phase::Opened { running: true });
+    // A heap buffer cannot reach another process.
+    let heap = GpadlBuffer::heap(4096).unwrap();
+    assert!(matches!(
+        ch.create_gpadl_from_buffer(&heap, GpadlFlags::NONE),
+        Err(Error::BufferNotShareable)
+    ));
+    let buf = GpadlBuffer::shared(16 * 4096).unwrap();
+    let pattern: Vec<u8> = (0..16 * 4096).map(|i| (i * 13 % 256) as u8).collect();
+    buf.write(0, &pattern).unwrap();
+    let rw = ch.create_gpadl_from_buffer(&buf, GpadlFlags::NONE).unwrap();
+    let ro = ch
+        .create_gpadl_from_buffer(&buf, GpadlFlags::READ_ONLY)
+        .unwrap();
+    for (offset, len) in [(0usize, 1usize), (4095, 2), (100, 9000), (0, 16 * 4096)] {
+        for h in [rw, ro] {
+            let reply = external_request(
+                &ch,
+                b"p",
+                &[ExternalRange {
+                    gpadl: h,
+                    offset,
+                    len,
+                }],
+            )
+            .unwrap();
+            assert_eq!(reply[0], b'p');
+            assert_eq!(
+                &reply[1..],
+                &pattern[offset..offset + len],
+                "{offset} {len}"
+            );
+        }
+    }
+    // Several ranges in two GPADLs, in order.
+    let reply = external_request(
+        &ch,
+        b"",
+        &[
+            ExternalRange {
+                gpadl: ro,
+                offset: 5000,
+                len: 10,
+            },
+            ExternalRange {
+                gpadl: rw,
+                offset: 7,
+                len: 3,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(&reply[..10], &pattern[5000..5010]);
+    assert_eq!(&reply[10..], &pattern[7..10]);
+    ch.delete_gpadl(rw).unwrap();
+    ch.delete_gpadl(ro).unwrap();
+    assert!(matches!(ch.delete_gpadl(ro), Err(Error::UnknownGpadl(_))));
+    ch.disable().unwrap();
+    ch.cleanup().unwrap();
+}
+
+#[test]
+fn delete_waits_until_kmcl_echo_unmaps() {
+    let echo = Echo::spawn();
+    let log = Log::default();
+    let ch = Arc::new(client(&echo, &log));
+    until(|| ch.phase() == Phase::Opened { running: true });
+    let buf = GpadlBuffer::shared(4096).unwrap();
+    let h = ch.create_gpadl_from_buffer(&buf, GpadlFlags::NONE).unwrap();
+    assert_eq!(echo_command(&ch, kmcl::echo::MAP_COMMAND, h), "ok");
+    // Mapped: a second mapping is refused by the server.
+    assert!(echo_command(&ch, kmcl::echo::MAP_COMMAND, h).contains("already mapped"));
+    let deleter = {
+        let ch = ch.clone();
+        std::thread::spawn(move || ch.delete_gpadl(h))
+    };
+    // Once the teardown request reached the server, it refuses to map the GPADL again;
+    // the deletion is still waiting for the unmap.
+    until(|| echo_command(&ch, kmcl::echo::MAP_COMMAND, h).contains("being deleted"));
+    assert!(!deleter.is_finished());
+    assert_eq!(echo_command(&ch, kmcl::echo::UNMAP_COMMAND, h), "ok");
+    deleter.join().unwrap().unwrap();
+    assert!(echo_command(&ch, kmcl::echo::MAP_COMMAND, h).contains("unknown GPADL"));
+    ch.disable().unwrap();
+    ch.cleanup().unwrap();
+}
+
+#[test]
+fn gpadls_left_at_close_are_deleted_by_kmcl_and_a_dead_server_releases_deletes() {
+    let echo = Echo::spawn();
+    let log = Log::default();
+    let ch = Arc::new(client(&echo, &log));
+    until(|| ch.phase() == Phase::Opened { running: true });
+    let buf = GpadlBuffer::shared(4096).unwrap();
+    let a = ch.create_gpadl_from_buffer(&buf, GpadlFlags::NONE).unwrap();
+    let b = ch.create_gpadl_from_buffer(&buf, GpadlFlags::NONE).unwrap();
+    assert_eq!(echo_command(&ch, kmcl::echo::MAP_COMMAND, a), "ok");
+    let deleter = {
+        let ch = ch.clone();
+        std::thread::spawn(move || ch.delete_gpadl(a))
+    };
+    until(|| echo_command(&ch, kmcl::echo::MAP_COMMAND, a).contains("being deleted"));
+    // The server dies with the GPADL mapped: the deletion returns.
+    echo.signal(nix::sys::signal::Signal::SIGKILL);
+    deleter.join().unwrap().unwrap();
+    until(|| log.lock().unwrap().last() == Some(&"closed"));
+    // `b` was never deleted: kmcl deleted it when Closed returned.
+    assert_eq!(ch.counters().gpadls_deleted_at_close, 1);
+    assert!(matches!(ch.delete_gpadl(b), Err(Error::UnknownGpadl(_))));
+    // The memory is still the client's.
+    buf.write(0, b"mine").unwrap();
+    ch.disable().unwrap();
+    ch.cleanup().unwrap();
+}
+
+/// A hand-written client speaking PROTOCOL.md against a kmcl server: GPADL creations it
+/// should refuse, and GPA-direct packets whose ranges point outside the GPADL.
+#[test]
+fn a_hostile_client_cannot_make_the_server_read_outside_a_gpadl() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::io::IoSlice;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let (dir, path) = temp_socket();
+    let listener = kmcl::UnixListener::bind(&path).unwrap();
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let server = Channel::allocate(kmcl::Role::Server, listener.accept().unwrap()).unwrap();
+    type Seen = Arc<Mutex<Vec<Result<Vec<u8>, String>>>>;
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    server
+        .set_process_packet_callbacks(
+            move |_ch, p| {
+                let r = p
+                    .external_data()
+                    .map(|d| d.to_vec())
+                    .map_err(|e| e.to_string());
+                s2.lock().unwrap().push(r);
+                let _ = p.complete(&[]);
+            },
+            None::<fn(&ChannelHandle, u32)>,
+        )
+        .unwrap();
+    server.enable().unwrap();
+    server.start().unwrap();
+
+    let send = |sock: &std::os::unix::net::UnixStream, words: &[u32], fds: &[i32]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+        let n = sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(n, bytes.len());
+    };
+    let recv_words = |sock: &mut std::os::unix::net::UnixStream, n: usize| {
+        let mut b = vec![0u8; n * 4];
+        sock.read_exact(&mut b).unwrap();
+        b.chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<u32>>()
+    };
+    assert_eq!(recv_words(&mut raw, 4), [1, 8, 1, 0], "OFFER");
+    // Rings: 2 + 2 data pages, zeroed, sealed; two eventfds.
+    let (rings, rings_fd) = kmcl::shmem::Region::memfd("rings", 6 * 4096, true).unwrap();
+    let efd = || {
+        nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .unwrap()
+    };
+    let (to_client, to_server) = (efd(), efd());
+    send(
+        &raw,
+        &[2, 16, 1, 2, 2, 0],
+        &[
+            rings_fd.as_raw_fd(),
+            to_client.as_fd().as_raw_fd(),
+            to_server.as_fd().as_raw_fd(),
+        ],
+    );
+    assert_eq!(recv_words(&mut raw, 3), [3, 4, 0], "OPEN_RESULT success");
+    // GPADL_CREATE refusals: an unsealed memfd, 0 pages, a file too short, unknown flags.
+    let unsealed = kmcl::shmem::Region::memfd("unsealed", 2 * 4096, false)
+        .unwrap()
+        .1;
+    let (_g, gpadl_fd) = kmcl::shmem::Region::memfd("gpadl", 2 * 4096, true).unwrap();
+    for (words, fd) in [
+        ([5u32, 16, 9, 2, 0, 0], unsealed.as_raw_fd()),
+        ([5, 16, 9, 0, 0, 0], gpadl_fd.as_raw_fd()),
+        ([5, 16, 9, 3, 0, 0], gpadl_fd.as_raw_fd()),
+        ([5, 16, 9, 2, 2, 0], gpadl_fd.as_raw_fd()),
+    ] {
+        send(&raw, &words, &[fd]);
+        assert_eq!(recv_words(&mut raw, 4), [6, 8, 9, 0xC000_000D], "{words:?}");
+    }
+    // A good one: handle 9, 2 pages, filled with 0x77 past a marker.
+    _g.write_at(0, &[0x77; 2 * 4096]).unwrap();
+    send(&raw, &[5, 16, 9, 2, 0, 0], &[gpadl_fd.as_raw_fd()]);
+    assert_eq!(
+        recv_words(&mut raw, 4),
+        [6, 8, 9, 0],
+        "GPADL_CREATED success"
+    );
+    // Its handle is now taken.
+    send(&raw, &[5, 16, 9, 2, 0, 0], &[gpadl_fd.as_raw_fd()]);
+    assert_eq!(recv_words(&mut raw, 4), [6, 8, 9, 0xC000_000D]);
+
+    // GPA-direct packets into the client->server ring.
+    let c2s = kmcl::shmem::RingView::new(rings, 0, 2).unwrap();
+    let mut ring = kmcl::ring::OutgoingRing::new(c2s).unwrap();
+    let pfn = |h: u64, page: u64| (h << 32) | page;
+    let mut write_gpa = |ranges: &[(u32, u32, &[u64])]| {
+        let mut ext = Vec::new();
+        ext.extend_from_slice(&0u32.to_le_bytes());
+        ext.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+        for (count, offset, pfns) in ranges {
+            ext.extend_from_slice(&count.to_le_bytes());
+            ext.extend_from_slice(&offset.to_le_bytes());
+            for p in *pfns {
+                ext.extend_from_slice(&p.to_le_bytes());
+            }
+        }
+        let header = kmcl::ring::PacketHeader {
+            packet_type: kmcl::ring::TYPE_GPA_DIRECT,
+            flags: 0,
+            trans_id: 0,
+        };
+        assert!(ring.try_write(header, &ext, &[]).unwrap());
+        if ring.commit().unwrap() {
+            to_server.write(1).unwrap();
+        }
+    };
+    // Valid: the last 10 bytes of the GPADL.
+    write_gpa(&[(10, 4086, &[pfn(9, 1)])]);
+    until(|| seen.lock().unwrap().len() == 1);
+    assert_eq!(seen.lock().unwrap()[0], Ok(vec![0x77; 10]));
+    // One byte past the end: refused, and the packet (and the queue) fails.
+    write_gpa(&[(11, 4086, &[pfn(9, 1), pfn(9, 2)])]);
+    until(|| seen.lock().unwrap().len() == 2);
+    let e = seen.lock().unwrap()[1].clone().unwrap_err();
+    assert!(e.contains("outside GPADL 9"), "{e}");
+    assert!(matches!(
+        server.stop_reason(),
+        Some(Error::ExternalRangeOutOfBounds {
+            handle: 9,
+            size: 8192
+        })
+    ));
+    // The queue is stopped: nothing else is delivered.
+    write_gpa(&[(1, 0, &[pfn(9, 0)])]);
+    send(&raw, &[4, 0], &[]); // CLOSE
+    until(|| server.phase() == Phase::Closed);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    server.disable().unwrap();
+    server.cleanup().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

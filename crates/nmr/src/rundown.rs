@@ -12,8 +12,11 @@
 //! Each thread owns a 128-byte-aligned record with [`SLOTS`] "in call" slots, listed in a
 //! global registry. A [`RundownGuard`] costs, on entry, a plain store of the rundown's
 //! address into a free slot of the caller's own record, a compiler fence and a relaxed load
-//! of the `closed` flag; on exit a release store clearing the slot, a compiler fence and
-//! another relaxed load of `closed`. No read-modify-write, no write to a shared cache line.
+//! of the rundown's one-byte `gate` (its "closed" flag); on exit a release store clearing
+//! the slot, a compiler fence and another relaxed load of the gate. No read-modify-write, no
+//! write to a shared cache line. A sharded-mode rundown's gate is shut from the start, so
+//! the mode costs the slot path no test of its own: such calls find the gate shut, give the
+//! slot back and take the counter.
 //! `close` sets `closed`, then runs the heavy barrier, which forces every other thread
 //! through a full fence: afterwards each thread either saw `closed` at entry (and did not
 //! enter) or its slot is visible to the closer; each guard still in flight sees `closed` when
@@ -35,8 +38,9 @@
 //! every counted guard and the `DrainRef` are gone ("counter drained"). When the total is
 //! zero (the common case, and always in asymmetric mode without owned guards) nothing will
 //! ever release into `drain`, so the `DrainRef` alone is the counter and skips it. In
-//! asymmetric mode the counter is allocated only by the first counted guard; a close that
-//! finds it unallocated seals it, so no counted guard can start afterwards.
+//! asymmetric mode the counter is allocated only by the first counted guard; a counted guard
+//! that might have installed it after a close looked for it checks the gate afterwards and
+//! backs out (see `enter_raw`).
 //!
 //! Slot part (asymmetric mode only): the thread that drains the counter stores
 //! `counter_drained`, fences and scans every thread record for the rundown's address; a slot
@@ -49,8 +53,8 @@
 //! the callback lock only when one was installed.
 //!
 //! A close costs, with no call in flight and no other thread that ever made a slot call:
-//! one swap (`closed`), one compare-and-swap (sealing the unallocated counter), and at the
-//! drain one fence and one `fetch_or`; the thread records are walked without a lock.
+//! one `fetch_or` (`closed`), and at the drain one fence and one `fetch_or`; the thread
+//! records are walked without a lock.
 //!
 //! loom (`tests/loom_rundown.rs`) checks this protocol with both halves of the asymmetric
 //! pair modelled as `SeqCst` fences. That model cannot show why the heavy barrier is needed:
@@ -67,6 +71,12 @@ use std::fmt;
 const CLOSED: usize = 1;
 const ONE: usize = 2;
 
+/// `Rundown::gate` bits: closing began; this rundown counts its calls on the sharded counter
+/// (sharded mode). Slot calls test the whole byte, so one load and branch sends both cases
+/// to the cold path.
+const GATE_CLOSED: u8 = 1;
+const GATE_COUNTED: u8 = 2;
+
 /// `Rundown::done` bits.
 const FIRED: u8 = 1;
 const INSTALLED: u8 = 2;
@@ -80,21 +90,15 @@ type OnDrained = Box<dyn FnOnce() + Send>;
 type Shard = CachePadded<AtomicUsize>;
 
 mod shard_table {
-    //! A rundown's sharded counter behind one atomic pointer: allocated at most once (at
-    //! creation, or lazily by the first counted call in asymmetric mode), or sealed empty
-    //! by a close that found it unallocated, so that no counted call can start afterwards.
-    //! The table is a boxed slice of [`shard_count`] shards kept as a thin pointer to its
-    //! first element (the length is a process-wide constant).
+    //! A rundown's sharded counter behind one atomic pointer, allocated at most once: at
+    //! creation, or lazily by the first counted call in asymmetric mode. The table is a boxed
+    //! slice of [`shard_count`] shards kept as a thin pointer to its first element (the
+    //! length is a process-wide constant). Loads and the install are `SeqCst`: a close that
+    //! finds no table relies on it (see `Rundown::enter_raw`).
     use super::{Shard, shard_count};
     use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
     use crossbeam_utils::CachePadded;
-    use std::ptr::{self, NonNull};
-
-    /// Marks a table sealed empty. Dangling (the alignment of a shard, 128) is never the
-    /// address of an allocation.
-    fn sealed() -> *mut Shard {
-        NonNull::<Shard>::dangling().as_ptr()
-    }
+    use std::ptr;
 
     pub(super) struct Table(AtomicPtr<Shard>);
 
@@ -106,10 +110,10 @@ mod shard_table {
     }
 
     /// # Safety
-    /// `p` came from [`alloc`] and has not been freed.
-    unsafe fn slice<'a>(p: *mut Shard) -> &'a [Shard] {
-        // SAFETY: `alloc` made a boxed slice of `shard_count()` shards at `p`, still alive.
-        unsafe { std::slice::from_raw_parts(p, shard_count()) }
+    /// `p` came from [`alloc`] and is freed only after the returned borrow ends.
+    unsafe fn free(p: *mut Shard) {
+        // SAFETY: per the contract, `p` is the start of a live boxed slice from `alloc`.
+        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shard_count())) });
     }
 
     impl Table {
@@ -124,65 +128,51 @@ mod shard_table {
         }
 
         fn view(&self, p: *mut Shard) -> Option<&[Shard]> {
-            if p.is_null() || p == sealed() {
+            if p.is_null() {
                 return None;
             }
-            // SAFETY: a pointer other than null and the seal was published by `allocated`
-            // or `get_or_alloc` from `alloc`, and is freed only when `self` drops.
-            Some(unsafe { slice(p) })
+            // SAFETY: a non-null pointer was published by `allocated` or `get_or_alloc` from
+            // `alloc` (a boxed slice of `shard_count()` shards), and is freed only when
+            // `self` drops, which the borrow of `self` prevents.
+            Some(unsafe { std::slice::from_raw_parts(p, shard_count()) })
         }
 
         /// The shards, if allocated.
         pub(super) fn get(&self) -> Option<&[Shard]> {
-            self.view(self.0.load(Ordering::Acquire))
+            self.view(self.0.load(Ordering::SeqCst))
         }
 
-        /// The shards, allocating them if needed; `None` once sealed.
-        pub(super) fn get_or_alloc(&self) -> Option<&[Shard]> {
-            let p = self.0.load(Ordering::Acquire);
-            if !p.is_null() {
-                return self.view(p);
+        /// The shards, allocated if need be.
+        pub(super) fn get_or_alloc(&self) -> &[Shard] {
+            let p = self.0.load(Ordering::SeqCst);
+            if let Some(s) = self.view(p) {
+                return s;
             }
             let new = alloc();
-            match self
-                .0
-                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => self.view(new),
+            let p = match self.0.compare_exchange(
+                ptr::null_mut(),
+                new,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => new,
                 Err(current) => {
                     // SAFETY: `new` came from `alloc` and was never published.
-                    drop(unsafe {
-                        Box::from_raw(ptr::slice_from_raw_parts_mut(new, shard_count()))
-                    });
-                    self.view(current)
+                    unsafe { free(new) };
+                    current
                 }
-            }
-        }
-
-        /// The shards if allocated; otherwise seals the table so that it never will be.
-        pub(super) fn seal(&self) -> Option<&[Shard]> {
-            let p = self.0.load(Ordering::Acquire);
-            if !p.is_null() {
-                return self.view(p);
-            }
-            match self.0.compare_exchange(
-                ptr::null_mut(),
-                sealed(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => None,
-                Err(current) => self.view(current),
-            }
+            };
+            self.view(p)
+                .unwrap_or_else(|| unreachable!("the table is allocated now"))
         }
     }
 
     impl Drop for Table {
         fn drop(&mut self) {
             let p = self.0.load(Ordering::Relaxed);
-            if !p.is_null() && p != sealed() {
+            if !p.is_null() {
                 // SAFETY: `p` came from `alloc` and dies with the table, which is going.
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, shard_count())) });
+                unsafe { free(p) };
             }
         }
     }
@@ -485,14 +475,15 @@ impl HoldsRundown for Rundown {
 
 /// Rundown protection for one side of a binding.
 pub struct Rundown {
-    /// Set once by `close`; read (relaxed) by every slot guard's entry and exit.
-    closed: AtomicBool,
+    /// [`GATE_CLOSED`], set once by `close`, and [`GATE_COUNTED`], fixed at creation; read
+    /// (relaxed) by every slot guard's entry and exit.
+    gate: AtomicU8,
     asymmetric: bool,
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
     ///
-    /// Allocated on first use in asymmetric mode (owned guards are rare there); `close`
-    /// seals an unallocated counter, so a later first entry fails.
+    /// Allocated on first use in asymmetric mode (owned guards are rare there); a first
+    /// entry after a close backs out (see [`enter_raw`](Self::enter_raw)).
     shards: shard_table::Table,
     drain: AtomicIsize,
     counter_drained: AtomicBool,
@@ -576,14 +567,13 @@ impl Rundown {
     #[must_use]
     pub fn with_mode(mode: Mode) -> Self {
         let asymmetric = mode == Mode::Asymmetric && sys::init();
-        // Under loom the lazy path is not modelled, to keep the models small.
-        let shards = if !asymmetric || cfg!(loom) {
+        let shards = if !asymmetric {
             shard_table::Table::allocated()
         } else {
             shard_table::Table::lazy()
         };
         Rundown {
-            closed: AtomicBool::new(false),
+            gate: AtomicU8::new(if asymmetric { 0 } else { GATE_COUNTED }),
             asymmetric,
             shards,
             drain: AtomicIsize::new(0),
@@ -613,7 +603,7 @@ impl Rundown {
     /// returned shard must be passed to [`exit`](Self::exit).
     #[inline]
     pub(crate) fn enter_raw(&self) -> Option<usize> {
-        let shards = self.shards.get_or_alloc()?;
+        let shards = self.shards.get_or_alloc();
         let i = my_shard(shards.len() - 1);
         let s = &shards[i];
         let mut v = s.load(Ordering::Relaxed);
@@ -621,11 +611,27 @@ impl Rundown {
             if v & CLOSED != 0 {
                 return None;
             }
-            match s.compare_exchange_weak(v, v + ONE, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Some(i),
+            match s.compare_exchange_weak(v, v + ONE, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
                 Err(cur) => v = cur,
             }
         }
+        // A lazily allocated table may have been installed after a close looked for it and
+        // found none, so that close set no closed bit here. Its `SeqCst` gate store came
+        // before its table load, which came before the install, which came before the load
+        // of the gate below: this call sees the gate shut and backs out (a close that did
+        // see the table counted this call, and the exit releases it into the drain).
+        if self.asymmetric {
+            // loom models `SeqCst` accesses as acquire/release only; with this fence and the
+            // one after the close's gate store it sees the order C++20 gives them.
+            #[cfg(loom)]
+            fence(Ordering::SeqCst);
+            if self.gate.load(Ordering::SeqCst) & GATE_CLOSED != 0 {
+                self.exit(i);
+                return None;
+            }
+        }
+        Some(i)
     }
 
     /// Ends a counter call started on `shard` (any thread may end it).
@@ -646,19 +652,24 @@ impl Rundown {
     fn enter_slot(&self, slot: &AtomicUsize) -> bool {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.enter_refused(slot);
             return false;
         }
         true
     }
 
-    /// `closed` was seen on entry: give the slot back (out of line, so the open case falls
-    /// straight through to the call).
+    /// The gate was shut on entry (closed, or a sharded-mode rundown): give the slot back
+    /// (out of line, so the open case falls straight through to the call).
     #[cold]
     #[inline(never)]
     fn enter_refused(&self, slot: &AtomicUsize) {
-        self.exit_slot(slot);
+        if self.asymmetric {
+            self.exit_slot(slot);
+        } else {
+            // No closer of a sharded-mode rundown looks at slots.
+            slot.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Ends a slot call (on the thread that started it).
@@ -666,7 +677,8 @@ impl Rundown {
     fn exit_slot(&self, slot: &AtomicUsize) {
         slot.store(0, Ordering::Release);
         sys::light_fence();
-        if self.closed.load(Ordering::Relaxed) {
+        // Only asymmetric-mode calls finish a slot entry, so the gate is shut only by a close.
+        if self.gate.load(Ordering::Relaxed) != 0 {
             self.slot_exit_after_close();
         }
     }
@@ -728,17 +740,17 @@ impl Rundown {
     pub fn try_enter(&self) -> Option<RundownGuard<'_>> {
         // Kept small and inlined: the guard then lives in registers (returning it through
         // memory costs a store-forwarding stall larger than the whole protection).
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                return Some(RundownGuard {
+                    rundown: self,
+                    how: How::Slot(slot),
+                    _not_send: std::marker::PhantomData,
+                });
+            }
+            if self.asymmetric {
                 return None;
             }
-            return Some(RundownGuard {
-                rundown: self,
-                how: How::Slot(slot),
-                _not_send: std::marker::PhantomData,
-            });
         }
         self.try_enter_counted()
     }
@@ -759,17 +771,17 @@ impl Rundown {
     /// a little less work on the asymmetric path.
     #[inline(always)]
     pub fn call<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        if self.asymmetric
-            && let Some(slot) = records::free_slot()
-        {
-            if !self.enter_slot(slot) {
+        if let Some(slot) = records::free_slot() {
+            if self.enter_slot(slot) {
+                let _g = SlotExit {
+                    rundown: self,
+                    slot,
+                };
+                return Some(f());
+            }
+            if self.asymmetric {
                 return None;
             }
-            let _g = SlotExit {
-                rundown: self,
-                slot,
-            };
-            return Some(f());
         }
         self.call_counted(f)
     }
@@ -858,7 +870,7 @@ impl Rundown {
         on_drained: Option<OnDrained>,
     ) -> Option<DrainRef> {
         debug_assert!(std::ptr::eq(owner.rundown(), self));
-        if self.closed.swap(true, Ordering::SeqCst) {
+        if self.gate.fetch_or(GATE_CLOSED, Ordering::SeqCst) & GATE_CLOSED != 0 {
             return None;
         }
         if let Some(f) = on_drained {
@@ -877,7 +889,7 @@ impl Rundown {
             sys::heavy_fence();
         }
         let mut counted: isize = 0;
-        for s in self.shards.seal().into_iter().flatten() {
+        for s in self.shards.get().into_iter().flatten() {
             let prev = s.fetch_or(CLOSED, Ordering::AcqRel);
             #[expect(clippy::cast_possible_wrap, reason = "counts are far below isize::MAX")]
             {
@@ -898,7 +910,7 @@ impl Rundown {
     /// Has closing begun?
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.gate.load(Ordering::Acquire) & GATE_CLOSED != 0
     }
 
     /// Calls in flight right now (a racy snapshot, for diagnostics; scans every thread's
@@ -1270,39 +1282,46 @@ mod loom_deferred {
     /// A call in flight on another thread races the closer, which releases its `DrainRef`
     /// and then installs a callback only if the drain has not completed: the callback runs
     /// exactly when `set_on_drained` says it was installed, once, after the last call.
-    #[test]
-    fn loom_set_on_drained_races_the_last_exit() {
-        loom::model(|| {
-            for mode in [Mode::Asymmetric, Mode::Sharded] {
-                let r = Arc::new(Rundown::with_mode(mode));
-                let active = Arc::new(LoomUsize::new(0));
-                let ran = Arc::new(LoomUsize::new(0));
-                let t = {
-                    let (r, active) = (Arc::clone(&r), Arc::clone(&active));
-                    loom::thread::spawn(move || {
-                        r.call(|| {
-                            active.fetch_add(1, Ordering::SeqCst);
-                            active.fetch_sub(1, Ordering::SeqCst);
-                        });
-                    })
-                };
-                let drain = r
-                    .close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
-                    .expect("first close");
-                drop(drain);
-                let installed = if r.drained() {
-                    false
-                } else {
-                    let (active, ran2) = (Arc::clone(&active), Arc::clone(&ran));
-                    r.set_on_drained(move || {
-                        assert_eq!(active.load(Ordering::SeqCst), 0, "drained mid-call");
-                        ran2.fetch_add(1, Ordering::SeqCst);
-                    })
-                };
-                t.join().expect("caller");
-                assert!(r.drained());
-                assert_eq!(ran.load(Ordering::SeqCst), usize::from(installed));
-            }
+    fn set_on_drained_races_the_last_exit(mode: Mode) {
+        loom::model(move || {
+            let r = Arc::new(Rundown::with_mode(mode));
+            let active = Arc::new(LoomUsize::new(0));
+            let ran = Arc::new(LoomUsize::new(0));
+            let t = {
+                let (r, active) = (Arc::clone(&r), Arc::clone(&active));
+                loom::thread::spawn(move || {
+                    r.call(|| {
+                        active.fetch_add(1, Ordering::SeqCst);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                })
+            };
+            let drain = r
+                .close_deferred(Arc::clone(&r) as Arc<dyn HoldsRundown>)
+                .expect("first close");
+            drop(drain);
+            let installed = if r.drained() {
+                false
+            } else {
+                let (active, ran2) = (Arc::clone(&active), Arc::clone(&ran));
+                r.set_on_drained(move || {
+                    assert_eq!(active.load(Ordering::SeqCst), 0, "drained mid-call");
+                    ran2.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            t.join().expect("caller");
+            assert!(r.drained());
+            assert_eq!(ran.load(Ordering::SeqCst), usize::from(installed));
         });
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_asymmetric() {
+        set_on_drained_races_the_last_exit(Mode::Asymmetric);
+    }
+
+    #[test]
+    fn loom_set_on_drained_races_the_last_exit_sharded() {
+        set_on_drained_races_the_last_exit(Mode::Sharded);
     }
 }

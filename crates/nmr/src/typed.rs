@@ -55,7 +55,6 @@ use crate::registrar::{
 };
 use crate::rundown::{DrainRef, HoldsRundown, OwnedRundownGuard, Rundown, RundownGuard};
 use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::{BindingHandle, Error, ModuleId, NpiId, Registrar, RegistrationHandle, Status};
 use std::fmt;
 use std::marker::PhantomData;
@@ -163,8 +162,6 @@ pub struct Detached;
 /// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less.
 struct BindingCore<D: ?Sized> {
     rundown: Rundown,
-    /// [`detach_side`]'s handshake with the drain callback.
-    detach_state: AtomicU8,
     handle: BindingHandle,
     dispatch: Arc<D>,
 }
@@ -205,7 +202,6 @@ impl<D: ?Sized> Binding<D> {
         Binding {
             core: Arc::new(BindingCore {
                 rundown: Rundown::new(),
-                detach_state: AtomicU8::new(IDLE),
                 handle,
                 dispatch,
             }),
@@ -404,27 +400,17 @@ fn peer_info<'a, N: Npi, C: 'static>(
     }
 }
 
-const IDLE: u8 = 0;
-const IN_DETACH: u8 = 1;
-const DRAINED_INLINE: u8 = 2;
-const PENDING: u8 = 3;
-
 /// Closes the binding's rundown, runs the module's detach hook with the hold, and reports
-/// done when everything drained before the hook returned, pending otherwise (then the drain
+/// done when everything drained before the hook returned, pending otherwise: then the drain
 /// callback, made by `make_complete` only on that path, completes the detach through the
-/// registrar).
+/// registrar. It may fire before this returns; the registrar remembers a completion that
+/// arrives while the side is still being notified and applies it when the callback returns
+/// pending.
 fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
     core: &Arc<BindingCore<D>>,
     make_complete: impl FnOnce() -> F,
     hook: impl FnOnce(DetachHold),
 ) -> DetachStatus {
-    if core
-        .detach_state
-        .compare_exchange(IDLE, IN_DETACH, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return DetachStatus::Done;
-    }
     let Some(drain) = core
         .rundown
         .close_deferred(Arc::clone(core) as Arc<dyn HoldsRundown>)
@@ -437,35 +423,11 @@ fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
     if core.rundown.drained() {
         return DetachStatus::Done;
     }
-    // The callback holds the core until it runs (it is taken out and dropped when it fires).
-    let c2 = Arc::clone(core);
-    let complete = make_complete();
-    let installed = core.rundown.set_on_drained(move || {
-        if c2
-            .detach_state
-            .compare_exchange(
-                IN_DETACH,
-                DRAINED_INLINE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            complete();
-        }
-    });
-    if !installed {
+    if core.rundown.set_on_drained(make_complete()) {
+        DetachStatus::Pending
+    } else {
         // Drained between the check and the install.
-        return DetachStatus::Done;
-    }
-    match core.detach_state.compare_exchange(
-        IN_DETACH,
-        PENDING,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => DetachStatus::Pending,
-        Err(_) => DetachStatus::Done,
+        DetachStatus::Done
     }
 }
 

@@ -138,6 +138,27 @@ fn asymmetric_slot_guard_and_owned_guard() {
     });
 }
 
+/// An owned guard's first entry allocates the asymmetric rundown's counter while the
+/// rundown closes: the entry either is counted by the close or sees it and backs out.
+#[test]
+fn asymmetric_first_owned_entry_races_close() {
+    model(|| {
+        let w = World::new(Mode::Asymmetric);
+        let w1 = share(&w);
+        let t = thread::spawn(move || {
+            if let Some(g) = w1.rundown.try_enter_owned() {
+                w1.active.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(w1.fired.load(Ordering::SeqCst), 0, "call after drain");
+                w1.active.fetch_sub(1, Ordering::SeqCst);
+                drop(g);
+            }
+        });
+        drop(w.close());
+        t.join().unwrap();
+        w.check_fired_once();
+    });
+}
+
 #[test]
 fn sharded_call_races_close() {
     model(|| {

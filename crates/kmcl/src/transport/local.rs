@@ -8,6 +8,7 @@ use crate::sync::{Arc, Mutex};
 use super::{Established, Link, OpenParams, Wake};
 use crate::Error;
 use crate::event::{Event, GONE, KICK, SIGNAL};
+use crate::gpadl::{GpadlBuffer, GpadlFlags, GpadlHandle, Gpadls, Teardown};
 use crate::lifecycle::Role;
 use crate::shmem::{PAGE_SIZE, Region, RingView};
 use crate::sync::lock;
@@ -26,21 +27,26 @@ pub(crate) struct LocalLink {
     side: usize,
     shared: Arc<Mutex<Rendezvous>>,
     events: [Arc<Event>; 2],
+    /// Each side's GPADL tables: a GPADL message is a direct call into the peer's.
+    gpadls: [Arc<Gpadls>; 2],
 }
 
 pub(crate) fn pair() -> (LocalLink, LocalLink) {
     let shared = Arc::new(Mutex::new(Rendezvous::default()));
     let events = [Arc::new(Event::new()), Arc::new(Event::new())];
+    let gpadls = [Arc::new(Gpadls::new()), Arc::new(Gpadls::new())];
     (
         LocalLink {
             side: 0,
             shared: shared.clone(),
             events: events.clone(),
+            gpadls: gpadls.clone(),
         },
         LocalLink {
             side: 1,
             shared,
             events,
+            gpadls,
         },
     )
 }
@@ -51,6 +57,9 @@ impl LocalLink {
     }
     fn peer(&self) -> &Event {
         &self.events[1 - self.side]
+    }
+    fn peer_gpadls(&self) -> &Gpadls {
+        &self.gpadls[1 - self.side]
     }
 }
 
@@ -135,8 +144,46 @@ impl Link for LocalLink {
         if !r.closed[self.side] {
             r.closed[self.side] = true;
             drop(r);
+            self.gpadls[0].disconnect();
+            self.gpadls[1].disconnect();
             self.peer().raise(GONE);
         }
+    }
+
+    fn gpadls(&self) -> &Arc<Gpadls> {
+        &self.gpadls[self.side]
+    }
+
+    fn create_gpadl(
+        &self,
+        handle: GpadlHandle,
+        buffer: &GpadlBuffer,
+        flags: GpadlFlags,
+        _on_dispatcher: bool,
+    ) -> Result<(), Error> {
+        // The "server's confirmation" is the insertion into its table.
+        let status =
+            match self
+                .peer_gpadls()
+                .offer(handle.raw(), buffer.region().clone(), flags.read_only)
+            {
+                Ok(()) => 0,
+                Err(Error::DeviceRemoved) => return Err(Error::DeviceRemoved),
+                Err(_) => super::unix::STATUS_INVALID_PARAMETER,
+            };
+        self.gpadls().finish_create(handle.raw(), status);
+        Ok(())
+    }
+
+    fn teardown_gpadl(&self, handle: GpadlHandle, _on_dispatcher: bool) -> Result<(), Error> {
+        if self.peer_gpadls().request_teardown(handle.raw()) == Teardown::Done {
+            self.gpadls().finish_delete(handle.raw());
+        }
+        Ok(())
+    }
+
+    fn gpadl_torn_down(&self, handle: GpadlHandle) {
+        self.peer_gpadls().finish_delete(handle.raw());
     }
 
     fn kind(&self) -> &'static str {

@@ -13,8 +13,10 @@
 use std::fmt;
 
 use crate::Error;
+use crate::gpadl::{GpadlBuffer, GpadlFlags, GpadlHandle, Gpadls};
 use crate::lifecycle::Role;
 use crate::shmem::RingView;
+use crate::sync::Arc;
 
 pub(crate) mod local;
 pub mod unix;
@@ -62,8 +64,32 @@ pub(crate) trait Link: Send + Sync + fmt::Debug {
     fn kick(&self);
     /// Blocks until signalled, kicked, or the peer is gone.
     fn wait(&self) -> Wake;
-    /// Tells the peer this endpoint is closing; idempotent.
+    /// Tells the peer this endpoint is closing; idempotent. Disconnects [`Link::gpadls`].
     fn close(&self);
+    /// This endpoint's GPADL tables; the transport records the peer's GPADL messages in
+    /// them and disconnects them when the peer goes away.
+    fn gpadls(&self) -> &Arc<Gpadls>;
+    /// Client: offers GPADL `handle` (registered as pending in [`Link::gpadls`]) to the
+    /// peer. Returns once the answer is recorded there, or the peer is gone, or at once if
+    /// the answer will be delivered by the dispatcher (`on_dispatcher` false: the caller is
+    /// not the dispatcher thread and waits on the tables).
+    fn create_gpadl(
+        &self,
+        handle: GpadlHandle,
+        buffer: &GpadlBuffer,
+        flags: GpadlFlags,
+        on_dispatcher: bool,
+    ) -> Result<(), Error>;
+    /// Client: asks the peer to tear down GPADL `handle`; the same waiting rules.
+    fn teardown_gpadl(&self, handle: GpadlHandle, on_dispatcher: bool) -> Result<(), Error>;
+    /// Server: a teardown the client is waiting for completed (the GPADL was unmapped).
+    fn gpadl_torn_down(&self, handle: GpadlHandle);
+    /// Handles pending control messages without blocking (the dispatcher calls it now and
+    /// then while traffic keeps it from sleeping in [`Link::wait`]). `Wake::PeerGone` if
+    /// the peer went away.
+    fn service_control(&self) -> Wake {
+        Wake::Events
+    }
     /// Short name for logs.
     fn kind(&self) -> &'static str;
 }

@@ -19,8 +19,10 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use super::{Connector, Established, Link, OpenParams, Wake};
 use crate::Error;
+use crate::gpadl::{GpadlBuffer, GpadlFlags, GpadlHandle, Gpadls, MAX_GPADL_PAGES, Teardown};
 use crate::lifecycle::Role;
 use crate::shmem::{PAGE_SIZE, Region, RingView, adopt_received_fd};
+use crate::sync::Arc;
 
 /// Protocol version carried by OFFER and OPEN.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -32,6 +34,14 @@ pub const MSG_OPEN: u32 = 2;
 pub const MSG_OPEN_RESULT: u32 = 3;
 /// Message type: either direction, the sender closes the channel.
 pub const MSG_CLOSE: u32 = 4;
+/// Message type: client → server, create a GPADL (carries its memfd).
+pub const MSG_GPADL_CREATE: u32 = 5;
+/// Message type: server → client, result of a GPADL creation.
+pub const MSG_GPADL_CREATED: u32 = 6;
+/// Message type: client → server, tear a GPADL down.
+pub const MSG_GPADL_TEARDOWN: u32 = 7;
+/// Message type: server → client, the GPADL is torn down (no longer mapped).
+pub const MSG_GPADL_TORNDOWN: u32 = 8;
 /// Largest message body accepted.
 const MAX_BODY: u32 = 256;
 /// Largest ring accepted from a peer, in data pages (1 GiB).
@@ -162,11 +172,15 @@ struct Signals {
 #[derive(Debug)]
 pub(crate) struct UnixLink {
     sock: UnixStream,
+    /// Serialises writers of the socket (GPADL messages come from any thread).
+    send_lock: Mutex<()>,
     kick: File,
     signals: OnceLock<Signals>,
     peer_gone: AtomicBool,
     closed: Mutex<bool>,
     peer: PathBuf,
+    role: Role,
+    gpadls: Arc<Gpadls>,
 }
 
 fn new_eventfd() -> Result<File, Error> {
@@ -178,18 +192,120 @@ fn new_eventfd() -> Result<File, Error> {
 impl UnixLink {
     pub(crate) fn connect(path: &Path) -> Result<Self, Error> {
         let sock = UnixStream::connect(path)?;
-        Self::from_stream(sock, path.to_owned())
+        Self::from_stream(sock, path.to_owned(), Role::Client)
     }
 
-    fn from_stream(sock: UnixStream, peer: PathBuf) -> Result<Self, Error> {
+    fn from_stream(sock: UnixStream, peer: PathBuf, role: Role) -> Result<Self, Error> {
         Ok(Self {
             sock,
+            send_lock: Mutex::new(()),
             kick: new_eventfd()?,
             signals: OnceLock::new(),
             peer_gone: AtomicBool::new(false),
             closed: Mutex::new(false),
             peer,
+            role,
+            gpadls: Arc::new(Gpadls::new()),
         })
+    }
+
+    fn send(&self, ty: u32, body: &[u32], fds: &[&dyn AsFd]) -> Result<(), Error> {
+        let _g = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        send_msg(&self.sock, ty, body, fds)
+    }
+
+    fn set_peer_gone(&self) {
+        self.peer_gone.store(true, Ordering::SeqCst);
+        self.gpadls.disconnect();
+    }
+
+    /// Handles one control message after the open. `Err` means the channel is over: the
+    /// peer closed, died, or broke the protocol.
+    fn receive_control(&self) -> Result<(), Error> {
+        let m = recv_msg(&self.sock)?;
+        let word = |i: usize| {
+            if m.body.len() >= (i + 1) * 4 {
+                Ok(u32_at(&m.body, i))
+            } else {
+                Err(Error::Protocol("control message body too short"))
+            }
+        };
+        match (m.ty, self.role) {
+            (MSG_CLOSE, _) => Err(Error::DeviceRemoved),
+            (MSG_GPADL_CREATE, Role::Server) => {
+                let handle = word(0)?;
+                let status = match self.accept_gpadl(handle, word(1)?, word(2)?, m.fds) {
+                    Ok(()) => STATUS_SUCCESS,
+                    Err(e) => {
+                        tracing::info!(handle, error = %e, "GPADL refused");
+                        STATUS_INVALID_PARAMETER
+                    }
+                };
+                self.send(MSG_GPADL_CREATED, &[handle, status], &[])
+            }
+            (MSG_GPADL_CREATED, Role::Client) => {
+                self.gpadls.finish_create(word(0)?, word(1)?);
+                Ok(())
+            }
+            (MSG_GPADL_TEARDOWN, Role::Server) => {
+                let handle = word(0)?;
+                if self.gpadls.request_teardown(handle) == Teardown::Done {
+                    self.send(MSG_GPADL_TORNDOWN, &[handle], &[])?;
+                }
+                Ok(())
+            }
+            (MSG_GPADL_TORNDOWN, Role::Client) => {
+                self.gpadls.finish_delete(word(0)?);
+                Ok(())
+            }
+            _ => Err(Error::Protocol("unexpected control message after open")),
+        }
+    }
+
+    /// Server: validates and maps a GPADL the client offers (`PROTOCOL.md` §5).
+    fn accept_gpadl(
+        &self,
+        handle: u32,
+        pages: u32,
+        flags: u32,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Error> {
+        let flags = GpadlFlags::from_bits(flags)?;
+        if pages == 0 || pages > MAX_GPADL_PAGES {
+            return Err(Error::Protocol("GPADL page count out of range"));
+        }
+        let [memfd]: [OwnedFd; 1] = fds
+            .try_into()
+            .map_err(|_| Error::Protocol("GPADL_CREATE needs exactly 1 descriptor"))?;
+        let seals = fcntl(memfd.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(io)?;
+        if !SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(Error::Protocol(
+                "GPADL memory is not sealed against shrinking",
+            ));
+        }
+        let region = Region::map_with(&memfd, pages as usize * PAGE_SIZE, !flags.read_only)?;
+        self.gpadls.offer(handle, region, flags.read_only)
+    }
+
+    /// On the dispatcher thread (the only reader of the socket): handles control messages
+    /// until `done()` or the peer is gone.
+    fn read_until(&self, done: impl Fn() -> bool) {
+        while !done() && !self.peer_gone.load(Ordering::SeqCst) {
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => {
+                    self.set_peer_gone();
+                    return;
+                }
+            }
+            if fds[0].revents().is_some_and(|r| !r.is_empty())
+                && let Err(e) = self.receive_control()
+            {
+                tracing::debug!(error = %e, "control socket closed");
+                self.set_peer_gone();
+            }
+        }
     }
 
     /// Waits for the next control message, or for a kick after which `cancelled()` is true.
@@ -378,14 +494,19 @@ impl Link for UnixLink {
                 drain_eventfd(&signals.from_peer);
             }
             if sock {
-                // After the open, the only legal message is CLOSE; EOF means the peer died.
-                match recv_msg(&self.sock) {
-                    Ok(m) if m.ty == MSG_CLOSE => {}
-                    Ok(_) => tracing::warn!("unexpected control message after open; closing"),
-                    Err(e) => tracing::debug!(error = %e, "control socket closed"),
+                // GPADL messages are handled here; CLOSE, EOF (the peer died) or anything
+                // unexpected ends the channel.
+                if let Err(e) = self.receive_control() {
+                    match e {
+                        Error::DeviceRemoved => {}
+                        Error::Protocol(_) => {
+                            tracing::warn!(error = %e, "control protocol violation; closing")
+                        }
+                        _ => tracing::debug!(error = %e, "control socket closed"),
+                    }
+                    self.set_peer_gone();
+                    return Wake::PeerGone;
                 }
-                self.peer_gone.store(true, Ordering::SeqCst);
-                return Wake::PeerGone;
             }
             if kicked || signalled {
                 return Wake::Events;
@@ -398,9 +519,71 @@ impl Link for UnixLink {
         if !*closed {
             *closed = true;
             if !self.peer_gone.load(Ordering::SeqCst) {
-                let _ = send_msg(&self.sock, MSG_CLOSE, &[], &[]);
+                let _ = self.send(MSG_CLOSE, &[], &[]);
             }
             let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
+        drop(closed);
+        self.gpadls.disconnect();
+    }
+
+    fn gpadls(&self) -> &Arc<Gpadls> {
+        &self.gpadls
+    }
+
+    fn create_gpadl(
+        &self,
+        handle: GpadlHandle,
+        buffer: &GpadlBuffer,
+        flags: GpadlFlags,
+        on_dispatcher: bool,
+    ) -> Result<(), Error> {
+        let fd = buffer.fd().ok_or(Error::BufferNotShareable)?;
+        self.send(
+            MSG_GPADL_CREATE,
+            &[handle.raw(), buffer.pages(), flags.bits(), 0],
+            &[&**fd],
+        )?;
+        if on_dispatcher {
+            self.read_until(|| !self.gpadls.create_pending(handle));
+        }
+        Ok(())
+    }
+
+    fn teardown_gpadl(&self, handle: GpadlHandle, on_dispatcher: bool) -> Result<(), Error> {
+        if let Err(e) = self.send(MSG_GPADL_TEARDOWN, &[handle.raw()], &[]) {
+            // The peer is gone: nothing maps the GPADL any more.
+            tracing::debug!(error = %e, "GPADL teardown not sent");
+            self.set_peer_gone();
+            return Ok(());
+        }
+        if on_dispatcher {
+            self.read_until(|| !self.gpadls.delete_pending(handle));
+        }
+        Ok(())
+    }
+
+    fn service_control(&self) -> Wake {
+        if self.peer_gone.load(Ordering::SeqCst) {
+            return Wake::PeerGone;
+        }
+        if self.signals.get().is_none() {
+            return Wake::Events;
+        }
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && let Err(e) = self.receive_control()
+        {
+            tracing::debug!(error = %e, "control socket closed");
+            self.set_peer_gone();
+            return Wake::PeerGone;
+        }
+        Wake::Events
+    }
+
+    fn gpadl_torn_down(&self, handle: GpadlHandle) {
+        if let Err(e) = self.send(MSG_GPADL_TORNDOWN, &[handle.raw()], &[]) {
+            tracing::debug!(error = %e, "GPADL torn-down not sent");
         }
     }
 
@@ -439,7 +622,7 @@ impl UnixListener {
     /// Waits for the next client; the returned connector must be used by a server channel.
     pub fn accept(&self) -> Result<Connector, Error> {
         let (sock, _) = self.inner.accept()?;
-        let link = UnixLink::from_stream(sock, self.path.clone())?;
+        let link = UnixLink::from_stream(sock, self.path.clone(), Role::Server)?;
         Ok(Connector {
             link: Box::new(link),
             role: Some(Role::Server),
