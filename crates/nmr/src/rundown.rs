@@ -12,15 +12,24 @@
 //! Each thread owns a 128-byte-aligned record with [`SLOTS`] "in call" slots, listed in a
 //! global registry. A [`RundownGuard`] costs, on entry, a plain store of the rundown's
 //! address into a free slot of the caller's own record, a compiler fence and a relaxed load
-//! of the rundown's one-byte `gate` (its "closed" flag); on exit a release store clearing
-//! the slot, a compiler fence and another relaxed load of the gate. No read-modify-write, no
-//! write to a shared cache line. A sharded-mode rundown's gate is shut from the start, so
-//! the mode costs the slot path no test of its own: such calls find the gate shut, give the
-//! slot back and take the counter.
-//! `close` sets `closed`, then runs the heavy barrier, which forces every other thread
-//! through a full fence: afterwards each thread either saw `closed` at entry (and did not
-//! enter) or its slot is visible to the closer; each guard still in flight sees `closed` when
-//! it exits and takes the cold path. Guards that must move between threads
+//! of the rundown's `gate` word, compared with the caller's record; on exit a release store
+//! clearing the slot, a compiler fence and another relaxed load of the gate. No
+//! read-modify-write, no write to a shared cache line.
+//!
+//! The gate names who may enter that way: the one thread record that has entered (its
+//! owner), or "shared" once a second thread has; the first entry of each thread claims it
+//! with a compare-and-swap on the cold path. It also carries the closed flag, and a
+//! sharded-mode rundown's gate says "counted" from the start, so neither mode nor closing
+//! costs the slot path a test of its own: such calls leave it at the gate test.
+//!
+//! `close` sets the closed flag with a `fetch_or` that also reads the owner. If a thread other
+//! than the closer may be inside a slot call (the gate is shared, or owned by another thread,
+//! and some other thread owns a record), it runs the heavy barrier, which forces every other
+//! thread through a full fence: afterwards each thread either saw the flag at entry (and did
+//! not enter) or its slot is visible to the closer. Otherwise no barrier is needed: any
+//! other thread would have to claim the gate first, and the claim and the close are ordered
+//! on the gate itself (the claim fails, or the close sees it). Each guard still in flight sees
+//! the flag when it exits and takes the cold path. Guards that must move between threads
 //! ([`OwnedRundownGuard`]) and guards beyond [`SLOTS`] nested ones use the sharded counter
 //! below, which every rundown also has.
 //!
@@ -71,11 +80,21 @@ use std::fmt;
 const CLOSED: usize = 1;
 const ONE: usize = 2;
 
-/// `Rundown::gate` bits: closing began; this rundown counts its calls on the sharded counter
-/// (sharded mode). Slot calls test the whole byte, so one load and branch sends both cases
-/// to the cold path.
-const GATE_CLOSED: u8 = 1;
-const GATE_COUNTED: u8 = 2;
+/// `Rundown::gate`: who may make slot calls without a read-modify-write, and whether the
+/// rundown is closing. The word holds the address of the one thread record that has entered
+/// (its owner; records are 128-byte aligned), [`GATE_SHARED`] once a second thread entered, or
+/// 0 before any slot call, plus the flag bits below. A slot call goes straight through when
+/// the word equals its own record or `GATE_SHARED`; anything else (first entry, a second
+/// thread, closing, sharded mode) takes the cold path, which claims ownership with a
+/// compare-and-swap. So a close knows whether a thread other than its own can be inside a
+/// slot call without a read-modify-write, and only then needs the heavy barrier.
+const GATE_CLOSED: usize = 1;
+/// Sharded mode: every call uses the counter (fixed at creation).
+const GATE_COUNTED: usize = 2;
+/// More than one thread has entered through a slot.
+const GATE_SHARED: usize = 4;
+/// The gate's flag bits (the rest is the owner).
+const GATE_FLAGS: usize = GATE_CLOSED | GATE_COUNTED;
 
 /// `Rundown::done` bits.
 const FIRED: u8 = 1;
@@ -360,6 +379,23 @@ mod records {
         }
     }
 
+    // `record_of` relies on every slot lying in the record's first aligned block.
+    const _: () = assert!(
+        std::mem::size_of::<[AtomicUsize; SLOTS]>() <= std::mem::align_of::<ThreadRecord>()
+    );
+
+    /// The record a slot of it belongs to: records are 128-byte aligned and their slots sit
+    /// in their first bytes.
+    #[inline(always)]
+    pub(super) fn record_of(slot: &AtomicUsize) -> usize {
+        std::ptr::from_ref(slot).addr() & !(std::mem::align_of::<ThreadRecord>() - 1)
+    }
+
+    /// The address of this thread's record, or 0 if it has none.
+    pub(super) fn mine_addr() -> usize {
+        mine().map_or(0, |r| std::ptr::from_ref(r).addr())
+    }
+
     /// This thread's record, if it has taken one.
     fn mine() -> Option<&'static ThreadRecord> {
         #[cfg(not(loom))]
@@ -459,6 +495,26 @@ pub fn thread_records() -> usize {
     records::total()
 }
 
+#[cfg(not(loom))]
+std::thread_local! {
+    static BARRIERS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Heavy barriers (`membarrier`) the closes made on this thread have issued so far: a close
+/// issues one only when a thread other than the closer may be inside a slot call (see the
+/// module docs). For diagnostics and tests.
+#[must_use]
+pub fn barriers_on_this_thread() -> u64 {
+    #[cfg(not(loom))]
+    {
+        BARRIERS.with(std::cell::Cell::get)
+    }
+    #[cfg(loom)]
+    {
+        0
+    }
+}
+
 /// Something that owns a [`Rundown`] inside a shared allocation (the rundown itself, or a
 /// binding that embeds one), so owned guards and [`DrainRef`]s keep it alive without a
 /// separate `Arc<Rundown>`.
@@ -475,9 +531,9 @@ impl HoldsRundown for Rundown {
 
 /// Rundown protection for one side of a binding.
 pub struct Rundown {
-    /// [`GATE_CLOSED`], set once by `close`, and [`GATE_COUNTED`], fixed at creation; read
-    /// (relaxed) by every slot guard's entry and exit.
-    gate: AtomicU8,
+    /// Owner and flags (see [`GATE_CLOSED`]); read (relaxed) by every slot guard's entry
+    /// and exit.
+    gate: AtomicUsize,
     asymmetric: bool,
     /// Per-shard `count * 2 | CLOSED`. Padded to 128 bytes: adjacent-line prefetch on x86
     /// pulls cache lines in pairs, so 64-byte padding still shares traffic between shards.
@@ -573,7 +629,7 @@ impl Rundown {
             shard_table::Table::lazy()
         };
         Rundown {
-            gate: AtomicU8::new(if asymmetric { 0 } else { GATE_COUNTED }),
+            gate: AtomicUsize::new(if asymmetric { 0 } else { GATE_COUNTED }),
             asymmetric,
             shards,
             drain: AtomicIsize::new(0),
@@ -652,23 +708,55 @@ impl Rundown {
     fn enter_slot(&self, slot: &AtomicUsize) -> bool {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
-        if self.gate.load(Ordering::Relaxed) != 0 {
-            self.enter_refused(slot);
-            return false;
+        let g = self.gate.load(Ordering::Relaxed);
+        if g == records::record_of(slot) || g == GATE_SHARED {
+            return true;
         }
-        true
+        self.enter_cold(slot, g)
     }
 
-    /// The gate was shut on entry (closed, or a sharded-mode rundown): give the slot back
-    /// (out of line, so the open case falls straight through to the call).
+    /// A slot entry that did not find the gate open for this thread (out of line, so the
+    /// common case falls straight through to the call): claims ownership on a first entry,
+    /// marks the gate shared on another thread's, and refuses (giving the slot back) when
+    /// the rundown is closing or counts on the counter (sharded mode, the caller's next try).
     #[cold]
     #[inline(never)]
-    fn enter_refused(&self, slot: &AtomicUsize) {
-        if self.asymmetric {
-            self.exit_slot(slot);
-        } else {
-            // No closer of a sharded-mode rundown looks at slots.
-            slot.store(0, Ordering::Relaxed);
+    fn enter_cold(&self, slot: &AtomicUsize, mut g: usize) -> bool {
+        let me = records::record_of(slot);
+        loop {
+            if g & GATE_FLAGS != 0 {
+                if self.asymmetric {
+                    self.exit_slot(slot);
+                } else {
+                    // No closer of a sharded-mode rundown looks at slots.
+                    slot.store(0, Ordering::Relaxed);
+                }
+                return false;
+            }
+            if g == me || g == GATE_SHARED {
+                return true;
+            }
+            let claim = if g == 0 { me } else { GATE_SHARED };
+            // `SeqCst`, and on the gate: a close's `fetch_or` either comes first (and this
+            // fails, seeing it) or reads the claim and knows another thread may be inside.
+            match self
+                .gate
+                .compare_exchange(g, claim, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(current) => g = current,
+            }
+        }
+    }
+
+    /// Can a thread other than this one be inside a slot call, given the gate as the close
+    /// found it? Only the gate's owner enters without claiming it first, and a claim after
+    /// the close fails.
+    fn others_may_be_inside(gate: usize) -> bool {
+        match gate & !GATE_FLAGS {
+            0 => false,
+            owner if owner == records::mine_addr() => false,
+            _ => records::others_active(),
         }
     }
 
@@ -677,8 +765,7 @@ impl Rundown {
     fn exit_slot(&self, slot: &AtomicUsize) {
         slot.store(0, Ordering::Release);
         sys::light_fence();
-        // Only asymmetric-mode calls finish a slot entry, so the gate is shut only by a close.
-        if self.gate.load(Ordering::Relaxed) != 0 {
+        if self.gate.load(Ordering::Relaxed) & GATE_CLOSED != 0 {
             self.slot_exit_after_close();
         }
     }
@@ -870,7 +957,8 @@ impl Rundown {
         on_drained: Option<OnDrained>,
     ) -> Option<DrainRef> {
         debug_assert!(std::ptr::eq(owner.rundown(), self));
-        if self.gate.fetch_or(GATE_CLOSED, Ordering::SeqCst) & GATE_CLOSED != 0 {
+        let gate = self.gate.fetch_or(GATE_CLOSED, Ordering::SeqCst);
+        if gate & GATE_CLOSED != 0 {
             return None;
         }
         if let Some(f) = on_drained {
@@ -878,15 +966,18 @@ impl Rundown {
             let installed = self.set_on_drained(f);
             debug_assert!(installed);
         }
-        // Ordered for slot callers by the heavy barrier below (or, with no other thread
-        // owning a record, by the fence every newcomer runs when it takes one). loom models
-        // `SeqCst` accesses as acquire/release only; its fence restores what C++20 gives
-        // the `SeqCst` swap above and load in `others_active`.
+        // Ordered for slot callers by the heavy barrier below; or, when no other thread can
+        // be inside (no other owner, no other thread owning a record), by the gate's own
+        // modification order for claims and by the fence every newcomer runs when it takes
+        // a record. loom models `SeqCst` accesses as acquire/release only; its fence
+        // restores what C++20 gives the `SeqCst` RMW above and load in `others_active`.
         #[cfg(loom)]
         fence(Ordering::SeqCst);
-        if self.asymmetric && records::others_active() {
+        if self.asymmetric && Self::others_may_be_inside(gate) {
             // Every thread now either saw `closed` or published its slot (module docs).
             sys::heavy_fence();
+            #[cfg(not(loom))]
+            BARRIERS.with(|b| b.set(b.get() + 1));
         }
         let mut counted: isize = 0;
         for s in self.shards.get().into_iter().flatten() {
@@ -1156,6 +1247,51 @@ mod tests {
             drop(outer);
             assert_eq!(other.in_flight(), 0);
         }
+    }
+
+    /// A close issues the heavy barrier only when another thread may be inside a slot call:
+    /// not for a rundown only the closer entered (even with another thread owning a record
+    /// and running), but for one that other, still running thread entered, or entered too.
+    #[test]
+    fn the_barrier_is_skipped_unless_another_thread_entered() {
+        if !asymmetric_available() {
+            return;
+        }
+        let mine = rundown(Mode::Asymmetric);
+        let theirs = rundown(Mode::Asymmetric);
+        let both = rundown(Mode::Asymmetric);
+        assert!(mine.call(|| ()).is_some());
+        assert!(both.call(|| ()).is_some());
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = {
+            let (theirs, both) = (Arc::clone(&theirs), Arc::clone(&both));
+            std::thread::spawn(move || {
+                assert!(theirs.call(|| ()).is_some());
+                assert!(both.call(|| ()).is_some());
+                entered_tx.send(()).unwrap();
+                // Stays alive (owning its thread record) until the closes are done.
+                done_rx.recv().unwrap();
+            })
+        };
+        entered_rx.recv().unwrap();
+        let before = barriers_on_this_thread();
+        drop(mine.close(|| ()).expect("first close"));
+        assert_eq!(
+            barriers_on_this_thread(),
+            before,
+            "only this thread entered"
+        );
+        drop(theirs.close(|| ()).expect("first close"));
+        assert_eq!(
+            barriers_on_this_thread(),
+            before + 1,
+            "another thread owns it"
+        );
+        drop(both.close(|| ()).expect("first close"));
+        assert_eq!(barriers_on_this_thread(), before + 2, "shared");
+        done_tx.send(()).unwrap();
+        other.join().unwrap();
     }
 
     #[test]

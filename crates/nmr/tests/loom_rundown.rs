@@ -138,6 +138,41 @@ fn asymmetric_slot_guard_and_owned_guard() {
     });
 }
 
+/// The gate's owner calls again (without a read-modify-write) while another thread
+/// closes: the close must treat the owner as possibly inside.
+#[test]
+fn asymmetric_owner_calls_again_while_another_thread_closes() {
+    model(|| {
+        let w = World::new(Mode::Asymmetric);
+        let w1 = share(&w);
+        let t = thread::spawn(move || {
+            w1.call();
+            w1.call();
+        });
+        drop(w.close());
+        t.join().unwrap();
+        w.check_fired_once();
+    });
+}
+
+/// The closing thread owns the gate; a second thread claims it (shared) at the same time:
+/// the claim either comes first, so the close sees a shared gate, or fails on the closed
+/// gate.
+#[test]
+fn asymmetric_second_thread_joins_while_the_owner_closes() {
+    model(|| {
+        let w = World::new(Mode::Asymmetric);
+        assert!(w.call(), "open");
+        let w1 = share(&w);
+        let t = thread::spawn(move || {
+            w1.call();
+        });
+        drop(w.close());
+        t.join().unwrap();
+        w.check_fired_once();
+    });
+}
+
 /// An owned guard's first entry allocates the asymmetric rundown's counter while the
 /// rundown closes: the entry either is counted by the close or sees it and backs out.
 #[test]
