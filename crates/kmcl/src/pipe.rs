@@ -67,6 +67,13 @@ use crate::shmem::{PAGE_SIZE, RingView};
 /// take this many ring bytes (or an eighth of the ring, if that is less).
 pub const AUTO_PUBLISH_BYTES: u32 = 4096;
 
+/// The header of every pipe packet.
+const IN_BAND: PacketHeader = PacketHeader {
+    packet_type: TYPE_IN_BAND,
+    flags: 0,
+    trans_id: 0,
+};
+
 /// Marks a coalesced packet in the pipe header's second word (the first holds the
 /// message count).
 const BATCH_MARK: u32 = 1;
@@ -199,42 +206,60 @@ impl PipeWriter {
 
     /// Writes one ring packet, blocking while the ring is full, and publishes as the
     /// batching policy says.
+    #[inline]
     fn write_packet(&mut self, ext: &[u8], payload: &[u8]) -> Result<(), Error> {
-        let header = PacketHeader {
-            packet_type: TYPE_IN_BAND,
-            flags: 0,
-            trans_id: 0,
-        };
+        if self.ring.try_write(IN_BAND, ext, payload)? {
+            return self.written(ext.len() + payload.len());
+        }
+        self.write_packet_waiting(ext, payload)
+    }
+
+    /// Counts a packet written into the ring (`body`: its header and payload bytes) and
+    /// publishes as the batching policy says.
+    #[inline]
+    fn written(&mut self, body: usize) -> Result<(), Error> {
+        self.pending += 1;
+        if self.batch != 0 {
+            if self.pending >= self.batch {
+                self.commit()?;
+            }
+            return Ok(());
+        }
+        // The packet's ring bytes (it was written, so this cannot overflow).
+        let bytes = (DESCRIPTOR_LEN + body.next_multiple_of(8) + TRAILER_LEN) as u32;
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        if self.pending_bytes >= self.auto_bytes {
+            if self.ring.consumer_unmasked() {
+                // The reader is (going) to sleep: commit and wake it.
+                self.commit()?;
+            } else {
+                // Visible to a polling reader at once; the fenced, signalling commit comes
+                // with the next batch that finds the reader unmasked, `flush`, a full ring
+                // or the drop.
+                self.pending = 0;
+                self.pending_bytes = 0;
+                self.ring.publish_unsignalled()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`PipeWriter::write_packet`] when the ring is full: commits, backs off, then sleeps
+    /// until the reader has released enough space.
+    #[cold]
+    #[inline(never)]
+    fn write_packet_waiting(&mut self, ext: &[u8], payload: &[u8]) -> Result<(), Error> {
         let needed = packet_len(ext.len(), payload.len()).ok_or(Error::PacketTooLarge)?;
         'retry: loop {
-            if self.ring.try_write(header, ext, payload)? {
-                self.pending += 1;
-                self.pending_bytes = self.pending_bytes.saturating_add(needed);
-                if self.batch == 0 {
-                    if self.pending_bytes >= self.auto_bytes {
-                        if self.ring.consumer_unmasked() {
-                            // The reader is (going) to sleep: commit and wake it.
-                            self.commit()?;
-                        } else {
-                            // Visible to a polling reader at once; the fenced, signalling
-                            // commit comes with the next batch that finds the reader
-                            // unmasked, `flush`, a full ring or the drop.
-                            self.pending = 0;
-                            self.pending_bytes = 0;
-                            self.ring.publish_unsignalled()?;
-                        }
-                    }
-                } else if self.pending >= self.batch {
-                    self.commit()?;
-                }
-                return Ok(());
-            }
             self.commit()?;
             // Spin, then yield, then sleep (crossbeam's backoff policy).
             let backoff = Backoff::new();
             while !backoff.is_completed() {
                 backoff.snooze();
                 if self.ring.free_bytes()? >= needed {
+                    if self.ring.try_write(IN_BAND, ext, payload)? {
+                        return self.written(ext.len() + payload.len());
+                    }
                     continue 'retry;
                 }
             }
@@ -245,6 +270,9 @@ impl PipeWriter {
                 .min(self.ring.max_packet_len());
             if !self.ring.request_space(want)? && self.from_reader.wait() & GONE != 0 {
                 return Err(Error::DeviceRemoved);
+            }
+            if self.ring.try_write(IN_BAND, ext, payload)? {
+                return self.written(ext.len() + payload.len());
             }
         }
     }
