@@ -20,7 +20,7 @@ mod contenders;
 
 use contenders::{
     LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
-    ring, ring_single_thread,
+    ring, ring_packets, ring_single_staged, ring_single_thread,
 };
 use std::time::Duration;
 
@@ -52,11 +52,16 @@ fn main() {
         ("crossbeam_bounded", Box::new(|| crossbeam(SMALL_N))),
         ("std_mpsc_sync", Box::new(|| mpsc(SMALL_N))),
         ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, 0))),
+        ("ring_packets", Box::new(|| ring_packets(SMALL_N, 64, 16))),
         ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, 32))),
         ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, 1))),
         (
             "ring_single_thread",
             Box::new(|| ring_single_thread(SMALL_N)),
+        ),
+        (
+            "ring_single_staged",
+            Box::new(|| ring_single_staged(SMALL_N)),
         ),
     ];
     let large: Vec<Contender> = vec![

@@ -94,6 +94,9 @@ pub struct PipeWriter {
     pending: u32,
     pending_bytes: u32,
     signals: u64,
+    /// Small messages are coalesced: automatic batching and [`PipeWriter::set_coalescing`].
+    coalesce: bool,
+    coalesce_wanted: bool,
     /// Messages coalesced into the next ring packet (automatic batching only).
     coalesced: Vec<u8>,
     coalesced_count: u32,
@@ -132,6 +135,8 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             pending: 0,
             pending_bytes: 0,
             signals: 0,
+            coalesce: true,
+            coalesce_wanted: true,
             coalesced: Vec::new(),
             coalesced_count: 0,
         },
@@ -157,11 +162,23 @@ impl PipeWriter {
     /// fences and signals.
     pub fn set_batch(&mut self, n: u32) {
         self.batch = n;
+        self.coalesce = n == 0 && self.coalesce_wanted;
+    }
+
+    /// Whether automatic batching coalesces small messages into shared ring packets (the
+    /// default, `true`); with `false` every message is its own VMBus packet while the
+    /// publication stays automatic (by bytes, unfenced while the reader polls, see the
+    /// [module documentation](self)). Committing every `n` packets
+    /// ([`PipeWriter::set_batch`]) never coalesces.
+    pub fn set_coalescing(&mut self, on: bool) {
+        self.coalesce_wanted = on;
+        self.coalesce = self.batch == 0 && on;
     }
 
     /// Sends one message, blocking while the ring is full.
+    #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), Error> {
-        if self.batch == 0 && payload.len() <= (self.auto_bytes / 4) as usize {
+        if self.coalesce && payload.len() <= (self.auto_bytes / 4) as usize {
             // Coalesce: [length u32, 0u32, payload padded to 8] appended to the next packet.
             self.coalesced
                 .extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -175,7 +192,9 @@ impl PipeWriter {
             return Ok(());
         }
         // Keep the order: what was coalesced goes first.
-        self.write_coalesced()?;
+        if self.coalesced_count != 0 {
+            self.write_coalesced()?;
+        }
         // The 8-byte header carries the exact length of a payload the ring pads to 8 bytes;
         // a payload that needs no padding goes without it (8 ring bytes fewer per packet).
         let mut header_bytes = [0u8; 8];
@@ -189,6 +208,7 @@ impl PipeWriter {
     }
 
     /// Writes the coalesced messages as one ring packet (header: count, [`BATCH_MARK`]).
+    #[inline(never)]
     fn write_coalesced(&mut self) -> Result<(), Error> {
         if self.coalesced_count == 0 {
             return Ok(());

@@ -459,7 +459,9 @@ impl<M: RingMemory> OutgoingRing<M> {
         pkt[total - 16..total - 8].copy_from_slice(&[0; 8]);
         pkt[..8].copy_from_slice(&word0.to_le_bytes());
         pkt[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
-        pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
+        if !ext.is_empty() {
+            pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
+        }
         pkt[p..p + payload.len()].copy_from_slice(payload);
         pkt[total - TRAILER_LEN..].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
         self.wc_len = at + total;
