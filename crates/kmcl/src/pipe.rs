@@ -32,7 +32,9 @@
 //! with the fence and the signal check in that case, whenever the ring is full, on
 //! [`PipeWriter::flush`], and when the writer is dropped. A writer that stops sending
 //! without dropping must call `flush` for a sleeping reader to get the last packets;
-//! [`PipeWriter::set_batch`]`(n)` instead commits (fenced, signalling) every `n` packets. The reader likewise
+//! [`PipeWriter::set_batch`]`(n)` instead commits (fenced, signalling) every `n` packets, one
+//! VMBus packet per message; [`PipeWriter::set_coalescing`]`(false)` keeps the automatic
+//! publication but also sends one VMBus packet per message. The reader likewise
 //! releases ring space in batches of about the same size (and always before it waits).
 //!
 //! ```
@@ -94,6 +96,7 @@ pub struct PipeWriter {
     pending: u32,
     pending_bytes: u32,
     signals: u64,
+    packets: u64,
     /// Small messages are coalesced: automatic batching and [`PipeWriter::set_coalescing`].
     coalesce: bool,
     coalesce_wanted: bool,
@@ -135,6 +138,7 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             pending: 0,
             pending_bytes: 0,
             signals: 0,
+            packets: 0,
             coalesce: true,
             coalesce_wanted: true,
             coalesced: Vec::new(),
@@ -239,6 +243,7 @@ impl PipeWriter {
     #[inline]
     fn written(&mut self, body: usize) -> Result<(), Error> {
         self.pending += 1;
+        self.packets += 1;
         if self.batch != 0 {
             if self.pending >= self.batch {
                 self.commit()?;
@@ -316,6 +321,11 @@ impl PipeWriter {
     /// Signals sent to the reader so far.
     pub fn signals_sent(&self) -> u64 {
         self.signals
+    }
+
+    /// VMBus packets written into the ring so far (a coalesced packet counts once).
+    pub fn packets_sent(&self) -> u64 {
+        self.packets
     }
 }
 

@@ -25,7 +25,8 @@
 //! * The producer writes any number of packets at a private tail ([`OutgoingRing::try_write`])
 //!   and publishes them with one index store ([`OutgoingRing::commit`]), which reports whether
 //!   to signal the consumer: only if the ring was empty before the batch and the consumer's
-//!   `interrupt_mask` is clear.
+//!   `interrupt_mask` is clear. Small packets are assembled in a private write-combining
+//!   buffer and copied into the ring together, at the latest when they are published.
 //! * The consumer reads packets at a private head ([`IncomingRing::read_packet`]) and releases
 //!   them with one index store ([`IncomingRing::commit_read`]), which reports whether to
 //!   signal the producer: only when free space crosses the producer's `pending_send_size`.
@@ -745,7 +746,9 @@ impl<M: RingMemory> IncomingRing<M> {
     /// reader copies up to [`STAGE_AHEAD`] published bytes at once (several small packets)
     /// out of the ring into `stage`, and parses the following packets from that private
     /// copy, so a batch of small packets costs one copy instead of one per packet. The same
-    /// complete validation applies. Use one [`Staging`] per ring (bytes staged from another
+    /// complete validation applies (for an in-band or completion packet already staged,
+    /// with its checks inline; any packet failing one goes through the general path, which
+    /// reports the corruption). Use one [`Staging`] per ring (bytes staged from another
     /// ring would only be parsed, and rejected, as garbage).
     pub fn read_staged(&mut self, stage: &mut Staging) -> Result<Option<StagedPacket>, Error> {
         self.read_into(stage, STAGE_AHEAD)
