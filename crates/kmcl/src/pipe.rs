@@ -339,6 +339,7 @@ impl Drop for PipeWriter {
 impl PipeReader {
     /// Receives the next packet, blocking while the ring is empty. `DeviceRemoved` once the
     /// writer is gone and everything it sent was received.
+    #[inline]
     pub fn recv(&mut self) -> Result<&[u8], Error> {
         // One call site for the copy-and-validate step, so it inlines and its small result
         // stays in registers; the waiting is out of line.

@@ -412,7 +412,7 @@ impl<M: RingMemory> OutgoingRing<M> {
     /// is full, before a larger packet, and at the latest by [`OutgoingRing::commit`] or
     /// [`OutgoingRing::publish_unsignalled`]: a batch of small packets costs one copy into
     /// shared memory instead of one per packet.
-    #[inline]
+    #[inline(always)]
     pub fn try_write(
         &mut self,
         header: PacketHeader,
