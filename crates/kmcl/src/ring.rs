@@ -290,6 +290,15 @@ fn wrap_add(off: u32, len: usize, size: u32) -> u32 {
     (if end >= size { end - size } else { end }) as u32
 }
 
+/// The producer's write-combining buffer (its `Debug` shows no bytes).
+struct WriteCombine(Box<[u8; WRITE_COMBINE]>);
+
+impl fmt::Debug for WriteCombine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WriteCombine({WRITE_COMBINE} bytes)")
+    }
+}
+
 /// The producer half of a ring.
 #[derive(Debug)]
 pub struct OutgoingRing<M> {
@@ -307,7 +316,7 @@ pub struct OutgoingRing<M> {
     /// Write-combining buffer: small packets written since the last flush, assembled in
     /// private memory; they belong at ring offset `wc_start`, and `tail` is
     /// `wc_start + wc_len` (mod size). Their space was checked free when they were written.
-    wc: Box<[u8; WRITE_COMBINE]>,
+    wc: WriteCombine,
     wc_len: usize,
     wc_start: u32,
 }
@@ -340,7 +349,7 @@ impl<M: RingMemory> OutgoingRing<M> {
             read_cache: r,
             unsignalled: false,
             error: None,
-            wc: Box::new([0; WRITE_COMBINE]),
+            wc: WriteCombine(Box::new([0; WRITE_COMBINE])),
             wc_len: 0,
             wc_start: w,
         })
@@ -354,7 +363,12 @@ impl<M: RingMemory> OutgoingRing<M> {
     /// Copies the write-combining buffer into the ring (at most two copies, where it wraps).
     fn flush_wc(&mut self) {
         if self.wc_len != 0 {
-            write_wrapped(&self.mem, self.size, self.wc_start, &self.wc[..self.wc_len]);
+            write_wrapped(
+                &self.mem,
+                self.size,
+                self.wc_start,
+                &self.wc.0[..self.wc_len],
+            );
             self.wc_len = 0;
         }
         self.wc_start = self.tail;
@@ -453,7 +467,7 @@ impl<M: RingMemory> OutgoingRing<M> {
             | u64::from(len8) << 32
             | u64::from(header.flags) << 48;
         let at = self.wc_len;
-        let pkt = &mut self.wc[at..at + total];
+        let pkt = &mut self.wc.0[at..at + total];
         let p = DESCRIPTOR_LEN + ext.len();
         // Zero the padding first (the last word before the trailer; the payload, header and
         // descriptor stores below overwrite whatever part of it they cover).

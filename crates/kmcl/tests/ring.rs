@@ -488,6 +488,8 @@ fn combined_small_packets_publish_in_order() {
     }
     assert_eq!(v.load(ControlWord::WriteIndex, Ordering::SeqCst), 0);
     assert!(r.read_packet(&mut Vec::new()).unwrap().is_none());
+    // The buffer's bytes stay out of the writer's `Debug`.
+    assert!(format!("{w:?}").contains("WriteCombine(4096 bytes)"));
     w.commit().unwrap();
     assert!(w.try_write(in_band(200, false), &[], &[1; 8]).unwrap());
     w.revert();
