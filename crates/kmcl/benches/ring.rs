@@ -12,7 +12,7 @@ mod contenders;
 
 use contenders::{
     LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
-    ring, ring_single_thread,
+    ring, ring_packets, ring_single_staged, ring_single_thread,
 };
 use std::time::Duration;
 
@@ -41,6 +41,13 @@ fn small_packets(c: &mut Criterion) {
     });
     g.bench_function("kmcl_ring_commit_32", |b| {
         b.iter_custom(|it| ring(it * N, 64, 16, 32))
+    });
+    // One VMBus packet per message, automatic publication.
+    g.bench_function("kmcl_ring_packets", |b| {
+        b.iter_custom(|it| ring_packets(it * N, 64, 16))
+    });
+    g.bench_function("kmcl_ring_single_thread_staged", |b| {
+        b.iter_custom(|it| ring_single_staged(it * N))
     });
     g.finish();
 }

@@ -20,7 +20,7 @@ mod contenders;
 
 use contenders::{
     LARGE, channel_in_band, crossbeam, gpadl_slots, handoff_ceiling, memcpy_hot, memcpy_set, mpsc,
-    ring, ring_single_thread,
+    ring, ring_packets, ring_single_staged, ring_single_thread,
 };
 use std::time::Duration;
 
@@ -52,11 +52,16 @@ fn main() {
         ("crossbeam_bounded", Box::new(|| crossbeam(SMALL_N))),
         ("std_mpsc_sync", Box::new(|| mpsc(SMALL_N))),
         ("ring_auto", Box::new(|| ring(SMALL_N, 64, 16, 0))),
+        ("ring_packets", Box::new(|| ring_packets(SMALL_N, 64, 16))),
         ("ring_per32", Box::new(|| ring(SMALL_N, 64, 16, 32))),
         ("ring_each", Box::new(|| ring(SMALL_N, 64, 16, 1))),
         (
             "ring_single_thread",
             Box::new(|| ring_single_thread(SMALL_N)),
+        ),
+        (
+            "ring_single_staged",
+            Box::new(|| ring_single_staged(SMALL_N)),
         ),
     ];
     let large: Vec<Contender> = vec![
@@ -85,6 +90,23 @@ fn main() {
             Box::new(|| channel_in_band(LARGE_N, 16)),
         ),
     ];
+    // `only NAME[,NAME...]` keeps the contenders whose name contains one of the NAMEs
+    // (profiling aid; the first one kept is then the baseline of the ratios).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let keep = |set: Vec<Contender>| -> Vec<Contender> {
+        match &only {
+            Some(o) => set
+                .into_iter()
+                .filter(|(n, _)| o.split(',').any(|part| n.contains(part)))
+                .collect(),
+            None => set,
+        }
+    };
+    let (small, large) = (keep(small), keep(large));
     // `small` or `large` as an argument runs only that half.
     let only_small = std::env::args().any(|a| a == "small");
     let only_large = std::env::args().any(|a| a == "large");
@@ -105,8 +127,9 @@ fn main() {
             3,
         ),
     ] {
-        if (only_small && set.len() == large.len() && title.starts_with("64 KiB"))
+        if (only_small && title.starts_with("64 KiB"))
             || (only_large && title.starts_with("64-byte"))
+            || set.is_empty()
         {
             continue;
         }
@@ -130,7 +153,7 @@ fn main() {
                 all.join(" ")
             );
         }
-        for base in 0..bases {
+        for base in 0..bases.min(set.len()) {
             for cand in base + 1..set.len() {
                 let mut ratio: Vec<f64> = (0..rounds)
                     .map(|k| rates[cand][k] / rates[base][k])

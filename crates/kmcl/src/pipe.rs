@@ -32,7 +32,9 @@
 //! with the fence and the signal check in that case, whenever the ring is full, on
 //! [`PipeWriter::flush`], and when the writer is dropped. A writer that stops sending
 //! without dropping must call `flush` for a sleeping reader to get the last packets;
-//! [`PipeWriter::set_batch`]`(n)` instead commits (fenced, signalling) every `n` packets. The reader likewise
+//! [`PipeWriter::set_batch`]`(n)` instead commits (fenced, signalling) every `n` packets, one
+//! VMBus packet per message; [`PipeWriter::set_coalescing`]`(false)` keeps the automatic
+//! publication but also sends one VMBus packet per message. The reader likewise
 //! releases ring space in batches of about the same size (and always before it waits).
 //!
 //! ```
@@ -67,6 +69,13 @@ use crate::shmem::{PAGE_SIZE, RingView};
 /// take this many ring bytes (or an eighth of the ring, if that is less).
 pub const AUTO_PUBLISH_BYTES: u32 = 4096;
 
+/// The header of every pipe packet.
+const IN_BAND: PacketHeader = PacketHeader {
+    packet_type: TYPE_IN_BAND,
+    flags: 0,
+    trans_id: 0,
+};
+
 /// Marks a coalesced packet in the pipe header's second word (the first holds the
 /// message count).
 const BATCH_MARK: u32 = 1;
@@ -87,6 +96,10 @@ pub struct PipeWriter {
     pending: u32,
     pending_bytes: u32,
     signals: u64,
+    packets: u64,
+    /// Small messages are coalesced: automatic batching and [`PipeWriter::set_coalescing`].
+    coalesce: bool,
+    coalesce_wanted: bool,
     /// Messages coalesced into the next ring packet (automatic batching only).
     coalesced: Vec<u8>,
     coalesced_count: u32,
@@ -125,6 +138,9 @@ pub fn pipe(data_pages: u32) -> Result<(PipeWriter, PipeReader), Error> {
             pending: 0,
             pending_bytes: 0,
             signals: 0,
+            packets: 0,
+            coalesce: true,
+            coalesce_wanted: true,
             coalesced: Vec::new(),
             coalesced_count: 0,
         },
@@ -150,11 +166,23 @@ impl PipeWriter {
     /// fences and signals.
     pub fn set_batch(&mut self, n: u32) {
         self.batch = n;
+        self.coalesce = n == 0 && self.coalesce_wanted;
+    }
+
+    /// Whether automatic batching coalesces small messages into shared ring packets (the
+    /// default, `true`); with `false` every message is its own VMBus packet while the
+    /// publication stays automatic (by bytes, unfenced while the reader polls, see the
+    /// [module documentation](self)). Committing every `n` packets
+    /// ([`PipeWriter::set_batch`]) never coalesces.
+    pub fn set_coalescing(&mut self, on: bool) {
+        self.coalesce_wanted = on;
+        self.coalesce = self.batch == 0 && on;
     }
 
     /// Sends one message, blocking while the ring is full.
+    #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), Error> {
-        if self.batch == 0 && payload.len() <= (self.auto_bytes / 4) as usize {
+        if self.coalesce && payload.len() <= (self.auto_bytes / 4) as usize {
             // Coalesce: [length u32, 0u32, payload padded to 8] appended to the next packet.
             self.coalesced
                 .extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -168,7 +196,9 @@ impl PipeWriter {
             return Ok(());
         }
         // Keep the order: what was coalesced goes first.
-        self.write_coalesced()?;
+        if self.coalesced_count != 0 {
+            self.write_coalesced()?;
+        }
         // The 8-byte header carries the exact length of a payload the ring pads to 8 bytes;
         // a payload that needs no padding goes without it (8 ring bytes fewer per packet).
         let mut header_bytes = [0u8; 8];
@@ -182,6 +212,7 @@ impl PipeWriter {
     }
 
     /// Writes the coalesced messages as one ring packet (header: count, [`BATCH_MARK`]).
+    #[inline(never)]
     fn write_coalesced(&mut self) -> Result<(), Error> {
         if self.coalesced_count == 0 {
             return Ok(());
@@ -199,42 +230,61 @@ impl PipeWriter {
 
     /// Writes one ring packet, blocking while the ring is full, and publishes as the
     /// batching policy says.
+    #[inline]
     fn write_packet(&mut self, ext: &[u8], payload: &[u8]) -> Result<(), Error> {
-        let header = PacketHeader {
-            packet_type: TYPE_IN_BAND,
-            flags: 0,
-            trans_id: 0,
-        };
+        if self.ring.try_write(IN_BAND, ext, payload)? {
+            return self.written(ext.len() + payload.len());
+        }
+        self.write_packet_waiting(ext, payload)
+    }
+
+    /// Counts a packet written into the ring (`body`: its header and payload bytes) and
+    /// publishes as the batching policy says.
+    #[inline]
+    fn written(&mut self, body: usize) -> Result<(), Error> {
+        self.pending += 1;
+        self.packets += 1;
+        if self.batch != 0 {
+            if self.pending >= self.batch {
+                self.commit()?;
+            }
+            return Ok(());
+        }
+        // The packet's ring bytes (it was written, so this cannot overflow).
+        let bytes = (DESCRIPTOR_LEN + body.next_multiple_of(8) + TRAILER_LEN) as u32;
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        if self.pending_bytes >= self.auto_bytes {
+            if self.ring.consumer_unmasked() {
+                // The reader is (going) to sleep: commit and wake it.
+                self.commit()?;
+            } else {
+                // Visible to a polling reader at once; the fenced, signalling commit comes
+                // with the next batch that finds the reader unmasked, `flush`, a full ring
+                // or the drop.
+                self.pending = 0;
+                self.pending_bytes = 0;
+                self.ring.publish_unsignalled()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`PipeWriter::write_packet`] when the ring is full: commits, backs off, then sleeps
+    /// until the reader has released enough space.
+    #[cold]
+    #[inline(never)]
+    fn write_packet_waiting(&mut self, ext: &[u8], payload: &[u8]) -> Result<(), Error> {
         let needed = packet_len(ext.len(), payload.len()).ok_or(Error::PacketTooLarge)?;
         'retry: loop {
-            if self.ring.try_write(header, ext, payload)? {
-                self.pending += 1;
-                self.pending_bytes = self.pending_bytes.saturating_add(needed);
-                if self.batch == 0 {
-                    if self.pending_bytes >= self.auto_bytes {
-                        if self.ring.consumer_unmasked() {
-                            // The reader is (going) to sleep: commit and wake it.
-                            self.commit()?;
-                        } else {
-                            // Visible to a polling reader at once; the fenced, signalling
-                            // commit comes with the next batch that finds the reader
-                            // unmasked, `flush`, a full ring or the drop.
-                            self.pending = 0;
-                            self.pending_bytes = 0;
-                            self.ring.publish_unsignalled()?;
-                        }
-                    }
-                } else if self.pending >= self.batch {
-                    self.commit()?;
-                }
-                return Ok(());
-            }
             self.commit()?;
             // Spin, then yield, then sleep (crossbeam's backoff policy).
             let backoff = Backoff::new();
             while !backoff.is_completed() {
                 backoff.snooze();
                 if self.ring.free_bytes()? >= needed {
+                    if self.ring.try_write(IN_BAND, ext, payload)? {
+                        return self.written(ext.len() + payload.len());
+                    }
                     continue 'retry;
                 }
             }
@@ -245,6 +295,9 @@ impl PipeWriter {
                 .min(self.ring.max_packet_len());
             if !self.ring.request_space(want)? && self.from_reader.wait() & GONE != 0 {
                 return Err(Error::DeviceRemoved);
+            }
+            if self.ring.try_write(IN_BAND, ext, payload)? {
+                return self.written(ext.len() + payload.len());
             }
         }
     }
@@ -269,6 +322,11 @@ impl PipeWriter {
     pub fn signals_sent(&self) -> u64 {
         self.signals
     }
+
+    /// VMBus packets written into the ring so far (a coalesced packet counts once).
+    pub fn packets_sent(&self) -> u64 {
+        self.packets
+    }
 }
 
 impl Drop for PipeWriter {
@@ -281,6 +339,7 @@ impl Drop for PipeWriter {
 impl PipeReader {
     /// Receives the next packet, blocking while the ring is empty. `DeviceRemoved` once the
     /// writer is gone and everything it sent was received.
+    #[inline]
     pub fn recv(&mut self) -> Result<&[u8], Error> {
         // One call site for the copy-and-validate step, so it inlines and its small result
         // stays in registers; the waiting is out of line.

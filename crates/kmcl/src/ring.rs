@@ -25,7 +25,8 @@
 //! * The producer writes any number of packets at a private tail ([`OutgoingRing::try_write`])
 //!   and publishes them with one index store ([`OutgoingRing::commit`]), which reports whether
 //!   to signal the consumer: only if the ring was empty before the batch and the consumer's
-//!   `interrupt_mask` is clear.
+//!   `interrupt_mask` is clear. Small packets are assembled in a private write-combining
+//!   buffer and copied into the ring together, at the latest when they are published.
 //! * The consumer reads packets at a private head ([`IncomingRing::read_packet`]) and releases
 //!   them with one index store ([`IncomingRing::commit_read`]), which reports whether to
 //!   signal the producer: only when free space crosses the producer's `pending_send_size`.
@@ -69,9 +70,13 @@ pub const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 pub const DESCRIPTOR_LEN: usize = 16;
 /// Size of the packet trailer.
 pub const TRAILER_LEN: usize = 8;
-/// Packets up to this many ring bytes are assembled (producer) and copied out (consumer)
-/// with a single copy.
+/// Packets up to this many ring bytes are assembled in the producer's write-combining
+/// buffer, and copied out by [`IncomingRing::read_packet`] with a single copy.
 const SMALL_PACKET: usize = 128;
+/// Size of the producer's write-combining buffer: small packets are assembled there and
+/// copied into the ring together (when it is full, before a larger packet, and when they
+/// are published).
+pub const WRITE_COMBINE: usize = 4096;
 
 /// Total ring bytes a packet takes: descriptor, extra header, padded payload and trailer.
 /// `None` if it cannot be expressed (`len8` is a `u16`).
@@ -285,6 +290,15 @@ fn wrap_add(off: u32, len: usize, size: u32) -> u32 {
     (if end >= size { end - size } else { end }) as u32
 }
 
+/// The producer's write-combining buffer (its `Debug` shows no bytes).
+struct WriteCombine(Box<[u8; WRITE_COMBINE]>);
+
+impl fmt::Debug for WriteCombine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WriteCombine({WRITE_COMBINE} bytes)")
+    }
+}
+
 /// The producer half of a ring.
 #[derive(Debug)]
 pub struct OutgoingRing<M> {
@@ -299,6 +313,12 @@ pub struct OutgoingRing<M> {
     /// Packets were published by [`OutgoingRing::publish_unsignalled`] since the last commit.
     unsignalled: bool,
     error: Option<Corruption>,
+    /// Write-combining buffer: small packets written since the last flush, assembled in
+    /// private memory; they belong at ring offset `wc_start`, and `tail` is
+    /// `wc_start + wc_len` (mod size). Their space was checked free when they were written.
+    wc: WriteCombine,
+    wc_len: usize,
+    wc_start: u32,
 }
 
 impl<M: RingMemory> OutgoingRing<M> {
@@ -329,12 +349,29 @@ impl<M: RingMemory> OutgoingRing<M> {
             read_cache: r,
             unsignalled: false,
             error: None,
+            wc: WriteCombine(Box::new([0; WRITE_COMBINE])),
+            wc_len: 0,
+            wc_start: w,
         })
     }
 
     /// Size of the data area.
     pub fn size(&self) -> u32 {
         self.size
+    }
+
+    /// Copies the write-combining buffer into the ring (at most two copies, where it wraps).
+    fn flush_wc(&mut self) {
+        if self.wc_len != 0 {
+            write_wrapped(
+                &self.mem,
+                self.size,
+                self.wc_start,
+                &self.wc.0[..self.wc_len],
+            );
+            self.wc_len = 0;
+        }
+        self.wc_start = self.tail;
     }
 
     /// Largest packet (in ring bytes, see [`packet_len`]) that can ever be written.
@@ -383,7 +420,72 @@ impl<M: RingMemory> OutgoingRing<M> {
     /// Writes one packet at the private tail without publishing it. Returns `Ok(false)` if it
     /// does not fit now (the ring is full), `Err(PacketTooLarge)` if it can never fit.
     /// `ext` (the type-specific header) must be a multiple of 8 bytes.
+    ///
+    /// Small packets (up to 128 ring bytes) are assembled in a private write-combining
+    /// buffer of [`WRITE_COMBINE`] bytes and copied into the ring together, when the buffer
+    /// is full, before a larger packet, and at the latest by [`OutgoingRing::commit`] or
+    /// [`OutgoingRing::publish_unsignalled`]: a batch of small packets costs one copy into
+    /// shared memory instead of one per packet.
+    #[inline(always)]
     pub fn try_write(
+        &mut self,
+        header: PacketHeader,
+        ext: &[u8],
+        payload: &[u8],
+    ) -> Result<bool, Error> {
+        // The common case inline: a small packet that fits the free space seen last and the
+        // write-combining buffer. Everything else (errors, refreshing `read_index`, large
+        // packets) takes the general path.
+        if self.error.is_none()
+            && ext.len() <= SMALL_PACKET
+            && payload.len() <= SMALL_PACKET
+            && ext.len().is_multiple_of(8)
+        {
+            let total =
+                DESCRIPTOR_LEN + ext.len() + payload.len().next_multiple_of(8) + TRAILER_LEN;
+            if total <= SMALL_PACKET
+                && total as u32 <= self.free_cached()
+                && self.wc_len + total <= WRITE_COMBINE
+            {
+                self.combine(header, ext, payload, total);
+                return Ok(true);
+            }
+        }
+        self.try_write_general(header, ext, payload)
+    }
+
+    /// Appends a small packet (`total` ring bytes, already known to fit the ring and the
+    /// write-combining buffer) to the write-combining buffer.
+    #[inline(always)]
+    fn combine(&mut self, header: PacketHeader, ext: &[u8], payload: &[u8], total: usize) {
+        let start = self.tail;
+        let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
+        let len8 = ((total - TRAILER_LEN) / 8) as u16;
+        // The descriptor as two little-endian words (whole-word stores, no byte shuffling).
+        let word0 = u64::from(header.packet_type)
+            | u64::from(offset8) << 16
+            | u64::from(len8) << 32
+            | u64::from(header.flags) << 48;
+        let at = self.wc_len;
+        let pkt = &mut self.wc.0[at..at + total];
+        let p = DESCRIPTOR_LEN + ext.len();
+        // Zero the padding first (the last word before the trailer; the payload, header and
+        // descriptor stores below overwrite whatever part of it they cover).
+        pkt[total - 16..total - 8].copy_from_slice(&[0; 8]);
+        pkt[..8].copy_from_slice(&word0.to_le_bytes());
+        pkt[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
+        if !ext.is_empty() {
+            pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
+        }
+        pkt[p..p + payload.len()].copy_from_slice(payload);
+        pkt[total - TRAILER_LEN..].copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
+        self.wc_len = at + total;
+        self.tail = wrap_add(start, total, self.size);
+    }
+
+    /// [`OutgoingRing::try_write`] for every packet, with every check.
+    #[inline(never)]
+    fn try_write_general(
         &mut self,
         header: PacketHeader,
         ext: &[u8],
@@ -405,28 +507,26 @@ impl<M: RingMemory> OutgoingRing<M> {
                 return Ok(false);
             }
         }
+        let total = total as usize;
+        if total <= SMALL_PACKET {
+            // Small packets: assembled in the write-combining buffer, copied into the ring
+            // with the packets around them.
+            if self.wc_len + total > WRITE_COMBINE {
+                self.flush_wc();
+            }
+            self.combine(header, ext, payload, total);
+            return Ok(true);
+        }
         let start = self.tail;
         let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
-        let len8 = ((total as usize - TRAILER_LEN) / 8) as u16;
-        // The descriptor as two little-endian words (whole-word stores, no byte shuffling).
+        let len8 = ((total - TRAILER_LEN) / 8) as u16;
         let word0 = u64::from(header.packet_type)
             | u64::from(offset8) << 16
             | u64::from(len8) << 32
             | u64::from(header.flags) << 48;
         let trailer = (u64::from(start) << 32).to_le_bytes();
-        let total = total as usize;
-        if total <= SMALL_PACKET {
-            // Small packets: assemble privately, then one copy into the ring.
-            let mut pkt = [0u8; SMALL_PACKET];
-            let p = DESCRIPTOR_LEN + ext.len();
-            pkt[..8].copy_from_slice(&word0.to_le_bytes());
-            pkt[8..16].copy_from_slice(&header.trans_id.to_le_bytes());
-            pkt[DESCRIPTOR_LEN..p].copy_from_slice(ext);
-            pkt[p..p + payload.len()].copy_from_slice(payload);
-            pkt[total - TRAILER_LEN..total].copy_from_slice(&trailer);
-            self.tail = write_wrapped(&self.mem, self.size, start, &pkt[..total]);
-            return Ok(true);
-        }
+        // A larger packet goes straight into the ring, after what is combined so far.
+        self.flush_wc();
         let mut desc = [0u8; DESCRIPTOR_LEN];
         desc[..8].copy_from_slice(&word0.to_le_bytes());
         desc[8..].copy_from_slice(&header.trans_id.to_le_bytes());
@@ -437,6 +537,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         let mut tail = [0u8; 16];
         tail[pad..pad + 8].copy_from_slice(&trailer);
         self.tail = write_wrapped(&self.mem, self.size, off, &tail[..pad + 8]);
+        self.wc_start = self.tail;
         Ok(true)
     }
 
@@ -448,6 +549,8 @@ impl<M: RingMemory> OutgoingRing<M> {
     /// Abandons packets written since the last commit.
     pub fn revert(&mut self) {
         self.tail = self.committed;
+        self.wc_len = 0;
+        self.wc_start = self.tail;
     }
 
     /// Publishes every packet written since the last commit with one `write_index` store.
@@ -464,6 +567,7 @@ impl<M: RingMemory> OutgoingRing<M> {
         }
         let old = self.committed;
         let unsignalled = std::mem::take(&mut self.unsignalled);
+        self.flush_wc();
         // Release: the packet bytes are visible before the index that publishes them. The
         // fence orders this store before the mask load (Dekker with `IncomingRing::arm`).
         self.mem
@@ -503,6 +607,7 @@ impl<M: RingMemory> OutgoingRing<M> {
     pub fn publish_unsignalled(&mut self) -> Result<(), Error> {
         self.check()?;
         if self.tail != self.committed {
+            self.flush_wc();
             self.mem
                 .store(ControlWord::WriteIndex, self.tail, Ordering::Release);
             self.committed = self.tail;
@@ -552,6 +657,8 @@ pub struct IncomingRing<M> {
     head: u32,
     /// Snapshot of `write_index`: bytes in `[head, limit)` are published.
     limit: u32,
+    /// `dist(head, limit)`: how many bytes from `head` on are known to be published.
+    published: u32,
     error: Option<Corruption>,
 }
 
@@ -572,6 +679,7 @@ impl<M: RingMemory> IncomingRing<M> {
             committed: r,
             head: r,
             limit: r,
+            published: 0,
             error: None,
         })
     }
@@ -591,6 +699,13 @@ impl<M: RingMemory> IncomingRing<M> {
     fn corrupt(&mut self, c: Corruption) -> Error {
         self.error = Some(c);
         Error::RingCorrupt(c)
+    }
+
+    /// Reads and validates `write_index` as the new `limit`.
+    fn refresh_limit(&mut self) -> Result<(), Error> {
+        self.limit = self.load_write_index()?;
+        self.published = dist(self.head, self.limit, self.size);
+        Ok(())
     }
 
     fn load_write_index(&mut self) -> Result<u32, Error> {
@@ -645,20 +760,71 @@ impl<M: RingMemory> IncomingRing<M> {
     /// reader copies up to [`STAGE_AHEAD`] published bytes at once (several small packets)
     /// out of the ring into `stage`, and parses the following packets from that private
     /// copy, so a batch of small packets costs one copy instead of one per packet. The same
-    /// complete validation applies. Use one [`Staging`] per ring (bytes staged from another
+    /// complete validation applies (for an in-band or completion packet already staged,
+    /// with its checks inline; any packet failing one goes through the general path, which
+    /// reports the corruption). Use one [`Staging`] per ring (bytes staged from another
     /// ring would only be parsed, and rejected, as garbage).
     pub fn read_staged(&mut self, stage: &mut Staging) -> Result<Option<StagedPacket>, Error> {
         self.read_into(stage, STAGE_AHEAD)
     }
 
-    /// The one copy-and-validate path: makes the next packet staged (copying at least it,
-    /// and up to `ahead` bytes, out of the ring) and validates the private copy.
+    /// Reads the next packet into `st`: the checks of [`IncomingRing::read_general`] for
+    /// the common case inline (an in-band or completion packet that is already staged
+    /// whole); everything else, and any packet failing a check, takes the general path,
+    /// which repeats the checks and reports what is wrong.
     #[inline]
     fn read_into(&mut self, st: &mut Staging, ahead: usize) -> Result<Option<StagedPacket>, Error> {
+        let base = st.start;
+        let have = st.end - base;
+        if have >= DESCRIPTOR_LEN + TRAILER_LEN && self.error.is_none() {
+            let mut d = [0u8; 8];
+            d.copy_from_slice(&st.buf[base..base + 8]);
+            let w = u64::from_le_bytes(d);
+            let ty = w as u16;
+            let offset8 = (w >> 16) as u16 as usize;
+            let len8 = (w >> 32) as u16 as usize;
+            let flags = (w >> 48) as u16;
+            let len = len8 * 8;
+            let end = len + TRAILER_LEN;
+            // `end <= published`: the packet lies in bytes the producer published, whatever
+            // the caller's staging buffer holds.
+            if (ty == TYPE_IN_BAND || ty == TYPE_COMPLETION)
+                && offset8 >= 2
+                && offset8 <= len8
+                && flags & !FLAG_COMPLETION_REQUESTED == 0
+                && end <= have
+                && end <= self.published as usize
+            {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&st.buf[base + len..base + end]);
+                if (u64::from_le_bytes(t) >> 32) as u32 == self.head {
+                    st.start = base + end;
+                    self.head = wrap_add(self.head, end, self.size);
+                    self.published -= end as u32;
+                    return Ok(Some(StagedPacket {
+                        packet_type: ty,
+                        flags,
+                        start: base,
+                        payload: base + offset8 * 8..base + len,
+                    }));
+                }
+            }
+        }
+        self.read_general(st, ahead)
+    }
+
+    /// The one copy-and-validate path: makes the next packet staged (copying at least it,
+    /// and up to `ahead` bytes, out of the ring) and validates the private copy.
+    #[inline(never)]
+    fn read_general(
+        &mut self,
+        st: &mut Staging,
+        ahead: usize,
+    ) -> Result<Option<StagedPacket>, Error> {
         self.check()?;
         if self.head == self.limit {
             // Everything staged was read (staged bytes lie in `[head, limit)`).
-            self.limit = self.load_write_index()?;
+            self.refresh_limit()?;
             if self.head == self.limit {
                 return Ok(None);
             }
@@ -712,6 +878,7 @@ impl<M: RingMemory> IncomingRing<M> {
         }
         st.start = base + end;
         self.head = wrap_add(self.head, end, self.size);
+        self.published = dist(self.head, self.limit, self.size);
         Ok(Some(StagedPacket {
             packet_type: ty,
             flags,
@@ -722,11 +889,17 @@ impl<M: RingMemory> IncomingRing<M> {
 
     /// Makes at least `need` bytes from `head` staged (`need <= avail`), copying ahead up
     /// to `ahead` bytes (never past `limit`).
+    #[inline(always)]
     fn stage(&self, st: &mut Staging, need: usize, avail: usize, ahead: usize) {
-        let have = st.end - st.start;
-        if have >= need {
-            return;
+        if st.end - st.start < need {
+            self.stage_more(st, need, avail, ahead);
         }
+    }
+
+    /// [`IncomingRing::stage`] when the bytes are not staged yet: the copy out of the ring.
+    #[inline(never)]
+    fn stage_more(&self, st: &mut Staging, need: usize, avail: usize, ahead: usize) {
+        let have = st.end - st.start;
         if st.start != 0 {
             st.buf.copy_within(st.start..st.end, 0);
             st.start = 0;
@@ -746,7 +919,7 @@ impl<M: RingMemory> IncomingRing<M> {
     pub fn is_empty(&mut self) -> Result<bool, Error> {
         self.check()?;
         if self.head == self.limit {
-            self.limit = self.load_write_index()?;
+            self.refresh_limit()?;
         }
         Ok(self.head == self.limit)
     }
@@ -803,9 +976,8 @@ impl<M: RingMemory> IncomingRing<M> {
         self.check()?;
         self.set_interrupt_mask(false);
         fence(Ordering::SeqCst);
-        let w = self.load_write_index()?;
-        self.limit = w;
-        if w != self.head {
+        self.refresh_limit()?;
+        if self.limit != self.head {
             self.set_interrupt_mask(true);
             return Ok(false);
         }

@@ -875,3 +875,47 @@ fn the_default_pipe_coalesces_small_messages_and_keeps_order_and_boundaries() {
     assert_eq!(rx.recv().unwrap(), b"last");
     assert!(matches!(rx.recv(), Err(Error::DeviceRemoved)));
 }
+
+#[test]
+fn a_pipe_without_coalescing_sends_one_packet_per_message_and_publishes_automatically() {
+    let (mut tx, mut rx) = kmcl::pipe::pipe(4).unwrap();
+    tx.set_coalescing(false);
+    let msg = |i: u32| -> Vec<u8> {
+        (0..(i % 90) as usize)
+            .map(|b| (b as u32 ^ i) as u8)
+            .collect()
+    };
+    let writer = std::thread::spawn(move || {
+        for i in 0..3000u32 {
+            tx.send(&msg(i)).unwrap();
+        }
+        assert_eq!(tx.packets_sent(), 3000, "one VMBus packet per message");
+        // Still alive: flush makes the last packets visible (and wakes a sleeping reader).
+        tx.flush().unwrap();
+        tx.send(b"last").unwrap();
+        tx.flush().unwrap();
+        tx
+    });
+    for i in 0..3000u32 {
+        assert_eq!(rx.recv().unwrap(), &msg(i)[..], "message {i}");
+    }
+    assert_eq!(rx.recv().unwrap(), b"last");
+    let tx = writer.join().unwrap();
+    assert_eq!(tx.packets_sent(), 3001);
+    drop(tx);
+    assert!(matches!(rx.recv(), Err(Error::DeviceRemoved)));
+
+    // The default coalesces the same messages into far fewer packets.
+    let (mut tx, mut rx) = kmcl::pipe::pipe(4).unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..3000u32 {
+            tx.send(&msg(i)).unwrap();
+        }
+        tx.flush().unwrap();
+        tx.packets_sent()
+    });
+    for i in 0..3000u32 {
+        assert_eq!(rx.recv().unwrap(), &msg(i)[..], "message {i}");
+    }
+    assert!(writer.join().unwrap() < 300);
+}

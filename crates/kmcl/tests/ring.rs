@@ -445,3 +445,62 @@ fn extra_header_sits_between_descriptor_and_payload() {
     assert_eq!(&buf[info.ext.clone()], &5u64.to_le_bytes());
     assert_eq!(&buf[info.payload.clone()], b"hello\0\0\0");
 }
+
+/// A staging buffer filled from another ring never lets the reader accept bytes its own
+/// producer has not published: the inline path checks the packet against the published
+/// bytes, not only against what the caller's staging buffer holds.
+#[test]
+fn staged_bytes_from_another_ring_are_not_taken_as_published() {
+    let (_va, mut wa, mut ra) = ring(1);
+    for i in 0..3 {
+        assert!(
+            wa.try_write(in_band(i, false), &[], &[i as u8; 16])
+                .unwrap()
+        );
+    }
+    wa.commit().unwrap();
+    let mut st = Staging::new();
+    assert!(ra.read_staged(&mut st).unwrap().is_some());
+    // Ring B is at the same offset after one packet of the same size, with nothing more
+    // published; `st` still holds A's next packets, whose trailers name that offset.
+    let (_vb, mut wb, mut rb) = ring(1);
+    assert!(wb.try_write(in_band(0, false), &[], &[0; 16]).unwrap());
+    wb.commit().unwrap();
+    assert!(rb.read_staged(&mut Staging::new()).unwrap().is_some());
+    assert!(rb.read_staged(&mut st).unwrap().is_none());
+}
+
+/// Small packets are combined and copied into the ring when they are published: nothing
+/// is visible before the commit, everything after it, in order, also across a larger
+/// packet written in between and after a revert.
+#[test]
+fn combined_small_packets_publish_in_order() {
+    let (v, mut w, mut r) = ring(4);
+    let big = vec![9u8; 1000];
+    for i in 0..10u8 {
+        assert!(
+            w.try_write(in_band(u64::from(i), false), &[], &[i; 40])
+                .unwrap()
+        );
+        if i == 4 {
+            assert!(w.try_write(in_band(100, false), &[], &big).unwrap());
+        }
+    }
+    assert_eq!(v.load(ControlWord::WriteIndex, Ordering::SeqCst), 0);
+    assert!(r.read_packet(&mut Vec::new()).unwrap().is_none());
+    // The buffer's bytes stay out of the writer's `Debug`.
+    assert!(format!("{w:?}").contains("WriteCombine(4096 bytes)"));
+    w.commit().unwrap();
+    assert!(w.try_write(in_band(200, false), &[], &[1; 8]).unwrap());
+    w.revert();
+    w.commit().unwrap();
+    let mut st = Staging::new();
+    let mut got = Vec::new();
+    while let Some(p) = r.read_staged(&mut st).unwrap() {
+        got.push(st.bytes()[p.payload].to_vec());
+    }
+    assert_eq!(got.len(), 11);
+    assert_eq!(got[5], big);
+    assert_eq!(got[0], vec![0u8; 40]);
+    assert_eq!(got[10], vec![9u8; 40]);
+}

@@ -63,10 +63,11 @@ proptest! {
     }
 
     /// Packets written by the producer with arbitrary sizes come out intact and in order,
-    /// across wrap-around, with batches of any size.
+    /// across wrap-around, with batches of any size. Half the sizes are small, so packets
+    /// assembled in the write-combining buffer alternate with packets written directly.
     #[test]
     fn round_trip_arbitrary_packets(
-        sizes in proptest::collection::vec(0usize..1500, 1..60),
+        sizes in proptest::collection::vec(prop_oneof![0usize..110, 0usize..1500], 1..60),
         batch in 1usize..8,
     ) {
         let v = heap(2);
@@ -95,8 +96,116 @@ proptest! {
             let info = r.read_packet(&mut buf).unwrap().unwrap();
             prop_assert_eq!(info.trans_id, Some(id));
             prop_assert_eq!(&buf[info.payload.start..info.payload.start + p.len()], &p[..]);
+            // The padding is zero, never stale bytes of earlier packets.
+            prop_assert!(buf[info.payload.start + p.len()..info.payload.end].iter().all(|&b| b == 0));
         }
         prop_assert!(r.read_packet(&mut buf).unwrap().is_none());
+    }
+
+    /// Small packets of every kind (in band or completion, with or without an extra header,
+    /// flags, reverted batches) through the write-combining buffer and back through the
+    /// staged reader's inline path and through `read_packet`, in rounds: each round writes
+    /// some packets, publishes them, corrupts some of their bytes (the same in both rings),
+    /// and both readers read until empty. Both see the same packets (type, flags,
+    /// transaction id, payload) or the same corruption, and a well-formed round that was
+    /// not corrupted always comes out intact.
+    #[test]
+    fn staged_inline_path_matches_packet_reading(
+        rounds in proptest::collection::vec(
+            (
+                proptest::collection::vec((0usize..110, any::<bool>(), 0u8..4), 0..40),
+                any::<bool>(),
+                proptest::collection::vec(
+                    (any::<usize>(), 0usize..7, prop_oneof![0u64..16, any::<u64>()]),
+                    0..3,
+                ),
+            ),
+            1..6,
+        ),
+    ) {
+        let (a, b) = (heap(1), heap(1));
+        let mut wa = OutgoingRing::new(a.clone()).unwrap();
+        let mut wb = OutgoingRing::new(b.clone()).unwrap();
+        let mut ra = IncomingRing::new(a.clone()).unwrap();
+        let mut rb = IncomingRing::new(b.clone()).unwrap();
+        let mut buf = Vec::new();
+        let mut st = Staging::new();
+        let mut id = 0u64;
+        for (packets, revert_first, corruptions) in rounds {
+            // Write the round into both rings; optionally write it once, revert, and again.
+            let mut expected = Vec::new();
+            for pass in 0..if revert_first { 2 } else { 1 } {
+                expected.clear();
+                for &(len, with_ext, kind) in &packets {
+                    id += 1;
+                    let h = PacketHeader {
+                        packet_type: if kind == 3 { TYPE_COMPLETION } else { TYPE_IN_BAND },
+                        flags: if kind == 1 { FLAG_COMPLETION_REQUESTED } else { 0 },
+                        trans_id: id,
+                    };
+                    let ext = if with_ext { id.to_le_bytes() } else { [0; 8] };
+                    let ext = if with_ext { &ext[..] } else { &[][..] };
+                    let payload: Vec<u8> = (0..len).map(|i| (i as u64 + id) as u8).collect();
+                    let fits = wa.try_write(h, ext, &payload).unwrap();
+                    prop_assert_eq!(fits, wb.try_write(h, ext, &payload).unwrap());
+                    if !fits {
+                        break;
+                    }
+                    expected.push((h, payload));
+                }
+                if pass == 0 && revert_first {
+                    wa.revert();
+                    wb.revert();
+                }
+            }
+            wa.commit().unwrap();
+            wb.commit().unwrap();
+            // The same corruptions in both rings, inside the bytes just published: a
+            // descriptor word, the transaction id, the trailer, or any payload word.
+            let start = ra_committed(&a, &ra);
+            let published = dist_bytes(start, a.load(ControlWord::WriteIndex, Ordering::SeqCst));
+            let corrupted = !corruptions.is_empty() && published >= 24;
+            if published >= 24 {
+                for &(at, what, value) in &corruptions {
+                    let (off, bytes) = corruption(&a, start, published, at, what, value);
+                    for v in [&a, &b] {
+                        v.write(off, &bytes);
+                    }
+                }
+            }
+            let mut got = 0;
+            loop {
+                let x = ra.read_packet(&mut buf);
+                let y = rb.read_staged(&mut st);
+                match (x, y) {
+                    (Ok(None), Ok(None)) => break,
+                    (Ok(Some(p)), Ok(Some(q))) => {
+                        prop_assert_eq!(p.packet_type, q.packet_type);
+                        prop_assert_eq!(p.completion_requested, q.flags & FLAG_COMPLETION_REQUESTED != 0);
+                        prop_assert_eq!(&buf[p.payload.clone()], &st.bytes()[q.payload.clone()]);
+                        prop_assert_eq!(&buf[..16], &st.bytes()[q.start..q.start + 16]);
+                        if !corrupted {
+                            let (h, payload) = &expected[got];
+                            prop_assert_eq!(p.packet_type, h.packet_type);
+                            prop_assert_eq!(q.flags, h.flags);
+                            prop_assert_eq!(&buf[p.payload.start..p.payload.start + payload.len()], &payload[..]);
+                        }
+                        got += 1;
+                    }
+                    (Err(Error::RingCorrupt(c)), Err(Error::RingCorrupt(d))) => {
+                        prop_assert_eq!(c, d);
+                        prop_assert!(corrupted);
+                        return Ok(());
+                    }
+                    (x, y) => prop_assert!(false, "{:?} vs {:?}", x, y),
+                }
+            }
+            if !corrupted {
+                prop_assert_eq!(got, expected.len());
+            }
+            ra.commit_read().unwrap();
+            rb.commit_read().unwrap();
+        }
     }
 
     /// Flipping a descriptor field of a valid packet yields either a valid packet or a
@@ -104,18 +213,37 @@ proptest! {
     #[test]
     fn mutated_descriptors_are_parsed_or_reported(
         field in 0usize..4,
-        value in any::<u16>(),
+        value in prop_oneof![0u16..16, any::<u16>()],
         len in 0usize..200,
     ) {
-        let v = heap(1);
-        let mut w = OutgoingRing::new(v.clone()).unwrap();
+        // A valid 32-byte packet first, so the staged reader meets the mutated one already
+        // staged (its inline path), then the packet whose descriptor is mutated.
+        const FIRST: usize = 32;
+        let make = || {
+            let v = heap(1);
+            let mut w = OutgoingRing::new(v.clone()).unwrap();
+            let h = PacketHeader { packet_type: TYPE_IN_BAND, flags: 0, trans_id: 1 };
+            w.try_write(h, &[], &[1; 8]).unwrap();
+            w.try_write(h, &[], &vec![0xAB; len]).unwrap();
+            w.commit().unwrap();
+            v.write((FIRST + field * 2) as u32, &value.to_le_bytes());
+            v
+        };
+        let (v, staged) = (make(), make());
         let mut r = IncomingRing::new(v.clone()).unwrap();
-        let h = PacketHeader { packet_type: TYPE_IN_BAND, flags: 0, trans_id: 1 };
-        w.try_write(h, &[], &vec![0xAB; len]).unwrap();
-        w.commit().unwrap();
-        let written = v.load(ControlWord::WriteIndex, Ordering::SeqCst) as usize;
-        v.write((field * 2) as u32, &value.to_le_bytes());
+        let written = v.load(ControlWord::WriteIndex, Ordering::SeqCst) as usize - FIRST;
+        prop_assert!(r.read_packet(&mut Vec::new()).unwrap().is_some());
         let res = r.read_packet(&mut Vec::new());
+        // The staged reader agrees.
+        let mut st = Staging::new();
+        let mut rs = IncomingRing::new(staged).unwrap();
+        prop_assert!(rs.read_staged(&mut st).unwrap().is_some());
+        let res2 = rs.read_staged(&mut st);
+        match (&res, &res2) {
+            (Ok(Some(p)), Ok(Some(q))) => prop_assert_eq!(p.payload.len(), q.payload.len()),
+            (Err(Error::RingCorrupt(c)), Err(Error::RingCorrupt(d))) => prop_assert_eq!(c, d),
+            (x, y) => prop_assert!(false, "{:?} vs {:?}", x, y),
+        }
         let must_fail = match field {
             1 => value < 2 || value as usize * 8 > written - 8,
             2 => value as usize * 8 + 8 > written || (value as usize) < 2,
@@ -199,4 +327,61 @@ proptest! {
             }
         }
     }
+}
+
+/// Where the reader `r` of ring `v` starts reading (its committed `read_index`, which is
+/// also its private head after a drain and `commit_read`).
+fn ra_committed(v: &RingView, _r: &IncomingRing<RingView>) -> u32 {
+    v.load(ControlWord::ReadIndex, Ordering::SeqCst)
+}
+
+/// Bytes from `from` to `to` in a one-page ring.
+fn dist_bytes(from: u32, to: u32) -> u32 {
+    (to + 4096 - from) % 4096
+}
+
+/// A corruption inside the `published` bytes from `start` on, as (ring offset, bytes):
+/// one of the first packets' descriptor fields (`what` 0..4: type, `offset8`, `len8`,
+/// flags, set to `value`), its transaction id (4), its trailer (5, the word before the
+/// next descriptor, found by walking the descriptors), or any 8-byte word (6).
+fn corruption(
+    v: &RingView,
+    start: u32,
+    published: u32,
+    at: usize,
+    what: usize,
+    value: u64,
+) -> (u32, Vec<u8>) {
+    let len_at = |off: u32| {
+        let mut d = [0u8; 8];
+        v.read((start + off) % 4096, &mut d);
+        u32::from(u16::from_le_bytes([d[4], d[5]])) * 8
+    };
+    // Walk a few packets (bounded; stop at a descriptor that does not fit).
+    let mut off = 0u32;
+    for _ in 0..at % 4 {
+        let len = len_at(off) + 8;
+        if len < 24 || off + len + 24 > published {
+            break;
+        }
+        off += len;
+    }
+    let (word, bytes) = match what {
+        0..4 => (off + what as u32 * 2, (value as u16).to_le_bytes().to_vec()),
+        4 => (off + 8, value.to_le_bytes().to_vec()),
+        5 => {
+            let len = len_at(off);
+            let at = if off + len + 8 <= published {
+                off + len
+            } else {
+                off
+            };
+            (at, value.to_le_bytes().to_vec())
+        }
+        _ => (
+            (at as u32 % (published / 8)) * 8,
+            value.to_le_bytes().to_vec(),
+        ),
+    };
+    ((start + word) % 4096, bytes)
 }
