@@ -259,7 +259,8 @@ mod records {
     /// One thread's slots, on cache lines of their own (128 bytes: adjacent-line prefetch
     /// pulls lines in pairs). A slot holds the address of the rundown the thread is calling
     /// through, or 0. Only the owning thread writes its slots; closers read them.
-    #[repr(align(128))]
+    // `repr(C)`: the slots come first, so slot 0's address is the record's (the gate test).
+    #[repr(C, align(128))]
     pub(super) struct ThreadRecord {
         pub(super) slots: [AtomicUsize; SLOTS],
         /// Owned by a live thread (changed only under [`RECORDS`]' lock).
@@ -709,7 +710,9 @@ impl Rundown {
         slot.store(self.addr(), Ordering::Relaxed);
         sys::light_fence();
         let g = self.gate.load(Ordering::Relaxed);
-        if g == records::record_of(slot) || g == GATE_SHARED {
+        // Slot 0 (no nesting, the common case) sits at its record's address, so comparing
+        // with the slot's address is the owner test; nested slots take the cold path.
+        if g == std::ptr::from_ref(slot).addr() || g == GATE_SHARED {
             return true;
         }
         self.enter_cold(slot, g)
