@@ -934,27 +934,51 @@ fn two_thread_pairs(
     pair_stats(&cycles, &cpu_ns, secs)
 }
 
+/// Threads of this process that spin (on a CPU, outside any call) until dropped. Each
+/// first makes a call through a rundown of its own, so it owns a thread record.
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Spinners {
+    /// Starts `n` spinners and returns once all of them are spinning.
+    fn start(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Barrier::new(n + 1));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
+                std::thread::spawn(move || {
+                    black_box(rundown::Rundown::new().call(|| ()));
+                    ready.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        ready.wait();
+        Spinners { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap_or_else(|_| panic!("spinner panicked"));
+        }
+    }
+}
+
 /// Detach of a binding with no call in flight: from the provider's deregister to its wait
 /// returning (both detaches, both cleanups). Median microseconds over `iters`, with
-/// `busy_threads` other threads spinning meanwhile; each has made a call through a binding
-/// first, so it owns a thread record and the asymmetric barrier must interrupt it.
+/// `busy_threads` other threads spinning meanwhile; each owns a thread record but never
+/// calls through the binding, so the close needs no asymmetric barrier.
 #[must_use]
 pub fn detach_us(iters: usize, busy_threads: usize) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(Barrier::new(busy_threads + 1));
-    let spinners: Vec<_> = (0..busy_threads)
-        .map(|_| {
-            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
-            std::thread::spawn(move || {
-                black_box(rundown::Rundown::new().call(|| ()));
-                ready.wait();
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    ready.wait();
+    let _spinners = Spinners::start(busy_threads);
     let nmr = Registrar::new();
     let c = client(false);
     let mut samples: Vec<f64> = (0..iters)
@@ -968,10 +992,6 @@ pub fn detach_us(iters: usize, busy_threads: usize) -> f64 {
             t.as_secs_f64() * 1e6
         })
         .collect();
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap_or_else(|_| panic!("spinner panicked"));
-    }
     median(&mut samples)
 }
 
@@ -983,20 +1003,7 @@ pub fn barrier_us(iters: usize, busy_threads: usize) -> f64 {
     if !crate::sys::init() {
         return 0.0;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(Barrier::new(busy_threads + 1));
-    let spinners: Vec<_> = (0..busy_threads)
-        .map(|_| {
-            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
-            std::thread::spawn(move || {
-                ready.wait();
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    ready.wait();
+    let _spinners = Spinners::start(busy_threads);
     let mut samples: Vec<f64> = (0..iters)
         .map(|_| {
             let start = Instant::now();
@@ -1004,10 +1011,6 @@ pub fn barrier_us(iters: usize, busy_threads: usize) -> f64 {
             start.elapsed().as_secs_f64() * 1e6
         })
         .collect();
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap_or_else(|_| panic!("spinner panicked"));
-    }
     median(&mut samples)
 }
 
