@@ -80,6 +80,14 @@ fn answer(
     }
 }
 
+/// The echo server's process-packet callback (see the module documentation), with its own
+/// table of held mappings: install it on any server channel with
+/// [`Channel::set_process_packet_callbacks`].
+pub fn handler() -> impl FnMut(&ChannelHandle, IncomingPacket<'_>) + Send + 'static {
+    let mut mappings = HashMap::new();
+    move |ch, packet| answer(ch, packet, &mut mappings)
+}
+
 /// Serves one channel on `connector` until the peer closes it, then disables and cleans it
 /// up.
 ///
@@ -90,11 +98,7 @@ pub fn serve(connector: Connector, id: u64) -> Result<(), Error> {
     channel.set_friendly_name(&format!("echo-{id}"))?;
     // The client sizes the rings; accept any packet that fits them.
     channel.set_max_packet_size(512 * 1024 - 64)?;
-    let mut mappings = HashMap::new();
-    channel.set_process_packet_callbacks(
-        move |ch, packet| answer(ch, packet, &mut mappings),
-        None::<fn(&ChannelHandle, u32)>,
-    )?;
+    channel.set_process_packet_callbacks(handler(), None::<fn(&ChannelHandle, u32)>)?;
     let (closed_tx, closed_rx) = mpsc::channel();
     channel.set_state_change_callbacks(StateCallbacks::new().on_closed(move |_| {
         let _ = closed_tx.send(());

@@ -15,7 +15,9 @@ use crate::render;
 use crate::timeline::{Recorder, Timeline};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
-use kmcl::{Channel, ChannelHandle, SendFlags, StateCallbacks};
+use kmcl::{
+    Channel, ChannelHandle, ExternalRange, GpadlBuffer, GpadlFlags, SendFlags, StateCallbacks,
+};
 use nmr::{BindingState, Registrar, SideState};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -108,6 +110,9 @@ pub(crate) struct ChannelSummary {
     pub(crate) errors: u64,
     pub(crate) signals_per_packet: f64,
     pub(crate) disable: Duration,
+    /// Bytes of external data a GPA-direct packet carried by reference through a GPADL and
+    /// the peer echoed back intact (0: the exchange failed).
+    pub(crate) gpadl_bytes: usize,
 }
 
 /// What the demo measured and checked.
@@ -169,6 +174,12 @@ impl Summary {
                     c.name, c.transactions, c.errors
                 ));
             }
+            if c.gpadl_bytes == 0 {
+                p.push(format!(
+                    "channel {}: the GPADL exchange did not come back intact",
+                    c.name
+                ));
+            }
         }
         p
     }
@@ -185,6 +196,7 @@ struct ChannelRun {
     server: Option<Channel>,
     child: Option<Child>,
     pipe: Arc<Pipe>,
+    gpadl_bytes: usize,
 }
 
 /// The state of one channel's transaction pipeline, shared with its completion routines.
@@ -258,6 +270,9 @@ fn state_notes(name: &str) -> StateCallbacks {
 
 const PIPELINE: usize = 16;
 const CHANNEL_PAYLOAD: usize = 512;
+/// External data sent by reference in the GPADL exchange (2 pages; the echo, payload
+/// included, must fit the channel's default 16 KiB maximum packet).
+const GPADL_BYTES: usize = 8 * 1024;
 
 impl ChannelRun {
     fn local(name: &str) -> Result<ChannelRun> {
@@ -265,15 +280,10 @@ impl ChannelRun {
             Channel::local_pair().context("allocating an in-process channel pair")?;
         server.set_friendly_name(&format!("{name}-server"))?;
         server.set_state_change_callbacks(state_notes(&format!("{name}-server")))?;
-        server.set_process_packet_callbacks(
-            |_, p| {
-                let data = p.payload().to_vec();
-                if let Err(e) = p.complete(&data) {
-                    tracing::warn!(target: "nmr::demo", "echo completion failed: {e}");
-                }
-            },
-            None::<fn(&ChannelHandle, u32)>,
-        )?;
+        // The same echo server as the `kmcl-echo` peer process (in-band payloads, and
+        // external data read through the client's GPADLs).
+        server
+            .set_process_packet_callbacks(kmcl::echo::handler(), None::<fn(&ChannelHandle, u32)>)?;
         server.enable()?;
         server.start()?;
         Self::client_side(name, client, Some(server), None)
@@ -349,7 +359,53 @@ impl ChannelRun {
             server,
             child,
             pipe: Arc::default(),
+            gpadl_bytes: 0,
         })
+    }
+
+    /// The KMCL way to move bulk data: the client shares a buffer with the server as a
+    /// read-only GPADL, sends a GPA-direct packet that names its pages (the data is not
+    /// copied into the ring), the server reads it in place and echoes it in the completion;
+    /// then the client deletes the GPADL. Records how many bytes came back intact.
+    fn gpadl_exchange(&mut self) -> Result<()> {
+        let buffer = GpadlBuffer::shared(GPADL_BYTES).context("allocating the GPADL buffer")?;
+        #[expect(clippy::cast_possible_truncation, reason = "a byte pattern")]
+        let pattern: Vec<u8> = (0..GPADL_BYTES).map(|i| (i * 7 + 3) as u8).collect();
+        buffer.write(0, &pattern)?;
+        let gpadl = self
+            .client
+            .create_gpadl_from_buffer(&buffer, GpadlFlags::READ_ONLY)
+            .context("creating the GPADL")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.client.send_with_external(
+            b"gpadl",
+            &[ExternalRange {
+                gpadl,
+                offset: 0,
+                len: GPADL_BYTES,
+            }],
+            move |c| {
+                let _ = tx.send(c.result.map(<[u8]>::to_vec));
+            },
+        )?;
+        let reply = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("no completion for the GPA-direct packet within 10 s")??;
+        self.client
+            .delete_gpadl(gpadl)
+            .context("deleting the GPADL")?;
+        let intact = reply.strip_prefix(b"gpadl") == Some(&pattern[..]);
+        if intact {
+            self.gpadl_bytes = GPADL_BYTES;
+        }
+        note(format!(
+            "channel {}: GPADL {} ({} KiB, read-only) created; a GPA-direct packet named its pages, the peer read them in place and echoed them {}; GPADL deleted",
+            self.name,
+            gpadl.raw(),
+            GPADL_BYTES / 1024,
+            if intact { "intact" } else { "ALTERED" }
+        ));
+        Ok(())
     }
 
     /// Keeps `PIPELINE` transactions in flight; each completion checks the echo and sends
@@ -398,6 +454,7 @@ impl ChannelRun {
             #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
             signals_per_packet: counters.signals_sent as f64 / counters.packets_sent.max(1) as f64,
             disable,
+            gpadl_bytes: self.gpadl_bytes,
         })
     }
 }
@@ -494,6 +551,10 @@ pub(crate) fn run(args: &DemoArgs, recorder: &Recorder) -> Result<Summary> {
             "chan-xproc",
             args.kmcl_echo.as_deref(),
         )?);
+    }
+    for c in &mut channels {
+        c.gpadl_exchange()
+            .with_context(|| format!("GPADL exchange on channel {}", c.name))?;
     }
     let inspector = Inspector {
         want: args.inspect,
@@ -678,12 +739,18 @@ pub(crate) fn report(args: &DemoArgs, s: &Summary, recorder: &Recorder, color: b
     );
     for c in &s.channels {
         println!(
-            "  channel {:<12} {} transactions, {} echoed, {} errors, {:.3} signals/packet, disable {}",
+            "  channel {:<12} {} transactions, {} echoed, {} errors, {:.3} signals/packet, GPADL {} KiB by reference {}, disable {}",
             c.name,
             c.transactions,
             human_bytes(c.bytes),
             c.errors,
             c.signals_per_packet,
+            GPADL_BYTES / 1024,
+            if c.gpadl_bytes == GPADL_BYTES {
+                "intact"
+            } else {
+                "FAILED"
+            },
             render::fmt_us(c.disable.as_secs_f64() * 1e6)
         );
     }

@@ -66,6 +66,16 @@ fn the_demo_runs_to_completion_and_its_summary_checks_out() {
     assert!(pos("channel chan-local: Closed") < pos("channel chan-local: cleanup (released)"));
     assert!(pos("spawned the kmcl-echo peer process") < pos("channel chan-xproc: Opened"));
     assert!(pos("channel chan-xproc: Closed") < pos("channel chan-xproc: cleanup (released)"));
+    // Bulk data by reference through a GPADL, in one process and across processes, before
+    // the traffic.
+    for chan in ["chan-local", "chan-xproc"] {
+        let gpadl = pos(&format!(
+            "channel {chan}: GPADL 1 (8 KiB, read-only) created; a GPA-direct packet named its pages, the peer read them in place and echoed them intact; GPADL deleted"
+        ));
+        assert!(pos(&format!("channel {chan}: PostStarted")) < gpadl);
+        assert!(gpadl < pos("traffic for"));
+    }
+    assert_eq!(stdout.matches("GPADL 8 KiB by reference intact").count(), 2);
     assert!(stdout.contains("0 registration(s), 0 binding(s) left"));
     assert!(stdout.contains("0 errors"));
     // The picture is well-formed SVG with a lane per module.
