@@ -72,19 +72,48 @@ fn share(w: &World) -> World {
     }
 }
 
-#[test]
-fn asymmetric_call_races_close() {
-    model(|| {
-        let w = World::new(Mode::Asymmetric);
-        assert_eq!(w.rundown.mode(), Mode::Asymmetric);
-        let w2 = share(&w);
+/// `calls_before` calls on this thread, then another thread makes `calls` calls while this
+/// one closes.
+fn calls_race_close(mode: Mode, calls_before: usize, calls: usize) {
+    model(move || {
+        let w = World::new(mode);
+        assert_eq!(w.rundown.mode(), mode);
+        for _ in 0..calls_before {
+            assert!(w.call(), "open");
+        }
+        let w1 = share(&w);
         let t = thread::spawn(move || {
-            w2.call();
+            for _ in 0..calls {
+                w1.call();
+            }
         });
         drop(w.close());
         t.join().unwrap();
         w.check_fired_once();
     });
+}
+
+/// An owned guard taken here is released on one thread while another calls and this one
+/// closes.
+fn owned_guard_released_elsewhere(mode: Mode) {
+    model(move || {
+        let w = World::new(mode);
+        let owned = w.rundown.try_enter_owned().expect("open");
+        let w1 = share(&w);
+        let t1 = thread::spawn(move || {
+            w1.call();
+        });
+        let t2 = thread::spawn(move || drop(owned));
+        drop(w.close());
+        t1.join().unwrap();
+        t2.join().unwrap();
+        w.check_fired_once();
+    });
+}
+
+#[test]
+fn asymmetric_call_races_close() {
+    calls_race_close(Mode::Asymmetric, 0, 1);
 }
 
 #[test]
@@ -123,36 +152,14 @@ fn asymmetric_drain_ref_released_on_another_thread() {
 
 #[test]
 fn asymmetric_slot_guard_and_owned_guard() {
-    model(|| {
-        let w = World::new(Mode::Asymmetric);
-        let owned = w.rundown.try_enter_owned().expect("open");
-        let w1 = share(&w);
-        let t1 = thread::spawn(move || {
-            w1.call();
-        });
-        let t2 = thread::spawn(move || drop(owned));
-        drop(w.close());
-        t1.join().unwrap();
-        t2.join().unwrap();
-        w.check_fired_once();
-    });
+    owned_guard_released_elsewhere(Mode::Asymmetric);
 }
 
 /// The gate's owner calls again (without a read-modify-write) while another thread
 /// closes: the close must treat the owner as possibly inside.
 #[test]
 fn asymmetric_owner_calls_again_while_another_thread_closes() {
-    model(|| {
-        let w = World::new(Mode::Asymmetric);
-        let w1 = share(&w);
-        let t = thread::spawn(move || {
-            w1.call();
-            w1.call();
-        });
-        drop(w.close());
-        t.join().unwrap();
-        w.check_fired_once();
-    });
+    calls_race_close(Mode::Asymmetric, 0, 2);
 }
 
 /// The closing thread owns the gate; a second thread claims it (shared) at the same time:
@@ -160,17 +167,7 @@ fn asymmetric_owner_calls_again_while_another_thread_closes() {
 /// gate.
 #[test]
 fn asymmetric_second_thread_joins_while_the_owner_closes() {
-    model(|| {
-        let w = World::new(Mode::Asymmetric);
-        assert!(w.call(), "open");
-        let w1 = share(&w);
-        let t = thread::spawn(move || {
-            w1.call();
-        });
-        drop(w.close());
-        t.join().unwrap();
-        w.check_fired_once();
-    });
+    calls_race_close(Mode::Asymmetric, 1, 1);
 }
 
 /// An owned guard's first entry allocates the asymmetric rundown's counter while the
@@ -196,32 +193,10 @@ fn asymmetric_first_owned_entry_races_close() {
 
 #[test]
 fn sharded_call_races_close() {
-    model(|| {
-        let w = World::new(Mode::Sharded);
-        assert_eq!(w.rundown.mode(), Mode::Sharded);
-        let w2 = share(&w);
-        let t = thread::spawn(move || {
-            w2.call();
-        });
-        drop(w.close());
-        t.join().unwrap();
-        w.check_fired_once();
-    });
+    calls_race_close(Mode::Sharded, 0, 1);
 }
 
 #[test]
 fn sharded_owned_guard_released_elsewhere() {
-    model(|| {
-        let w = World::new(Mode::Sharded);
-        let owned = w.rundown.try_enter_owned().expect("open");
-        let w1 = share(&w);
-        let t1 = thread::spawn(move || {
-            w1.call();
-        });
-        let t2 = thread::spawn(move || drop(owned));
-        drop(w.close());
-        t1.join().unwrap();
-        t2.join().unwrap();
-        w.check_fired_once();
-    });
+    owned_guard_released_elsewhere(Mode::Sharded);
 }
