@@ -11,10 +11,10 @@ use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
 };
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
+use crate::npis::NpiIndex;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -318,7 +318,8 @@ struct Reg {
     deregistering: bool,
     /// Live bindings (attaching through cleaning up), by slab index.
     bindings: smallvec::SmallVec<[u32; 4]>,
-    /// Position in the NPI index while active.
+    /// Its NPI's slot in the NPI index, and its position in the slot's list while active.
+    npi_slot: u32,
     npi_pos: usize,
     waiters: u32,
 }
@@ -335,27 +336,10 @@ struct Bind {
     provider_dispatch: Context,
 }
 
-#[derive(Default)]
-struct NpiEntry {
-    clients: Vec<u32>,
-    providers: Vec<u32>,
-}
-
-impl NpiEntry {
-    fn list(&mut self, role: Role) -> &mut Vec<u32> {
-        match role {
-            Role::Client => &mut self.clients,
-            Role::Provider => &mut self.providers,
-        }
-    }
-}
-
 struct Registry {
     regs: Slab<Reg>,
     bindings: Slab<Bind>,
-    /// A B-tree rather than a hash map: few NPIs, and no interior pointers that leak
-    /// checkers report as "possibly lost" in the process-wide registrar.
-    npis: BTreeMap<NpiId, NpiEntry>,
+    npis: NpiIndex,
 }
 
 struct Inner {
@@ -501,7 +485,7 @@ impl Registrar {
                 registry: Mutex::new(Registry {
                     regs: Slab::new(),
                     bindings: Slab::new(),
-                    npis: BTreeMap::new(),
+                    npis: NpiIndex::default(),
                 }),
                 drained: Condvar::new(),
             }),
@@ -573,7 +557,8 @@ impl Registrar {
         let (handle, first) = {
             let mut guard = sync::lock(&self.inner.registry);
             let r = &mut *guard;
-            let entry = r.npis.entry(npi).or_default();
+            let npi_slot = r.npis.slot_for(npi);
+            let entry = r.npis.entry(npi_slot);
             let npi_pos = entry.list(role).len();
             let reg = Reg {
                 role,
@@ -581,16 +566,13 @@ impl Registrar {
                 callbacks,
                 deregistering: false,
                 bindings: smallvec::SmallVec::new(),
+                npi_slot,
                 npi_pos,
                 waiters: 0,
             };
             let id = r.regs.insert(reg)?;
             entry.list(role).push(id.index);
-            let peers = match role {
-                Role::Client => &entry.providers,
-                Role::Provider => &entry.clients,
-            };
-            for &peer in peers {
+            for &peer in entry.peers(role) {
                 let (client, provider) = match role {
                     Role::Client => (id.index, peer),
                     Role::Provider => (peer, id.index),
@@ -1043,18 +1025,14 @@ impl Registrar {
             }
             reg.deregistering = true;
             let npi = reg.instance.npi_id;
-            let pos = reg.npi_pos;
+            let (slot, pos) = (reg.npi_slot, reg.npi_pos);
             // Leave the NPI index: no new bindings form (G2).
-            if let Some(entry) = r.npis.get_mut(&npi) {
-                let list = entry.list(role);
-                list.swap_remove(pos);
-                if let Some(&moved) = list.get(pos) {
-                    r.regs.at_mut(moved).npi_pos = pos;
-                }
-                if entry.clients.is_empty() && entry.providers.is_empty() {
-                    r.npis.remove(&npi);
-                }
+            let list = r.npis.entry(slot).list(role);
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos) {
+                r.regs.at_mut(moved).npi_pos = pos;
             }
+            r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
