@@ -11,6 +11,7 @@ use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
 };
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
+use crate::lock::RegistryLock;
 use crate::npis::NpiIndex;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
@@ -343,7 +344,10 @@ struct Registry {
 }
 
 struct Inner {
-    registry: Mutex<Registry>,
+    registry: RegistryLock<Registry>,
+    /// How many times a deregistering registration with waiters drained (incremented with
+    /// the registry lock held); waiters sleep on `drained` until it moves.
+    drains: Mutex<u64>,
     drained: Condvar,
 }
 
@@ -379,7 +383,7 @@ pub struct Registrar {
 
 impl fmt::Debug for Registrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = sync::lock(&self.inner.registry);
+        let r = self.inner.registry.lock();
         f.debug_struct("Registrar")
             .field("registrations", &r.regs.len())
             .field("bindings", &r.bindings.len())
@@ -482,11 +486,12 @@ impl Registrar {
     pub fn new() -> Self {
         Registrar {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry {
+                registry: RegistryLock::new(Registry {
                     regs: Slab::new(),
                     bindings: Slab::new(),
                     npis: NpiIndex::default(),
                 }),
+                drains: Mutex::new(0),
                 drained: Condvar::new(),
             }),
         }
@@ -555,7 +560,7 @@ impl Registrar {
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
         let mut started = 0;
         let (handle, first) = {
-            let mut guard = sync::lock(&self.inner.registry);
+            let mut guard = self.inner.registry.lock();
             let r = &mut *guard;
             let npi_slot = r.npis.slot_for(npi);
             let entry = r.npis.entry(npi_slot);
@@ -672,7 +677,7 @@ impl Registrar {
             let (status, frame) = self.call_client_attach(&start);
             let b = start.b;
             let outcome = {
-                let mut guard = sync::lock(&self.inner.registry);
+                let mut guard = self.inner.registry.lock();
                 let r = &mut *guard;
                 let bind = r.bindings.at_mut(b);
                 if frame.progress.provider_attached() {
@@ -800,7 +805,7 @@ impl Registrar {
     /// Why `NmrClientAttachProvider` for `binding` found no attach of it on this thread: a
     /// dead handle, or a live binding attached elsewhere or not attaching now.
     fn not_attaching_here(&self, binding: BindingHandle) -> Error {
-        let guard = sync::lock(&self.inner.registry);
+        let guard = self.inner.registry.lock();
         match Self::binding_id(binding).map(|id| guard.bindings.get(id).is_some()) {
             Ok(true) => Error::NotAttaching,
             Ok(false) => Error::InvalidHandle,
@@ -834,7 +839,7 @@ impl Registrar {
     /// Calls the detach callbacks of a binding that just entered `Detaching` (`both`), or
     /// only the provider's (a client that failed after attaching).
     fn run_detach(&self, b: u32, both: bool) {
-        let calls = Self::side_calls(&sync::lock(&self.inner.registry), b);
+        let calls = Self::side_calls(&self.inner.registry.lock(), b);
         self.run_detach_with(b, both, &calls);
     }
 
@@ -848,7 +853,10 @@ impl Registrar {
     fn run_detach_with(&self, b: u32, both: bool, calls: &SideCalls) {
         if !both {
             let status = Self::notify_detach(Side::Provider, calls);
-            let next = sync::lock(&self.inner.registry)
+            let next = self
+                .inner
+                .registry
+                .lock()
                 .bindings
                 .at_mut(b)
                 .machine
@@ -862,7 +870,7 @@ impl Registrar {
         let provider = Self::notify_detach(Side::Provider, calls);
         if client == DetachStatus::Done && provider == DetachStatus::Done {
             Self::call_cleanups(calls);
-            let mut guard = sync::lock(&self.inner.registry);
+            let mut guard = self.inner.registry.lock();
             let r = &mut *guard;
             let gone = r.bindings.at_mut(b).machine.detached_and_cleaned_up();
             debug_assert!(
@@ -873,7 +881,7 @@ impl Registrar {
             return;
         }
         let next = {
-            let mut guard = sync::lock(&self.inner.registry);
+            let mut guard = self.inner.registry.lock();
             let machine = &mut guard.bindings.at_mut(b).machine;
             let first = machine.detach_returned(Side::Client, client == DetachStatus::Pending);
             debug_assert_eq!(
@@ -911,7 +919,7 @@ impl Registrar {
     }
 
     fn run_cleanups(&self, b: u32) {
-        let calls = Self::side_calls(&sync::lock(&self.inner.registry), b);
+        let calls = Self::side_calls(&self.inner.registry.lock(), b);
         self.run_cleanups_with(b, &calls);
     }
 
@@ -919,7 +927,7 @@ impl Registrar {
     /// thread touches it until it is retired below), and retires it.
     fn run_cleanups_with(&self, b: u32, calls: &SideCalls) {
         Self::call_cleanups(calls);
-        let mut guard = sync::lock(&self.inner.registry);
+        let mut guard = self.inner.registry.lock();
         let r = &mut *guard;
         let gone = r.bindings.at_mut(b).machine.cleanups_returned();
         debug_assert!(gone, "cleanups ran twice");
@@ -969,6 +977,7 @@ impl Registrar {
             }
         }
         if wake {
+            *sync::lock(&self.inner.drains) += 1;
             self.inner.drained.notify_all();
         }
     }
@@ -1016,7 +1025,7 @@ impl Registrar {
     fn deregister(&self, h: RegistrationHandle, role: Role) -> Result<(), Error> {
         let mut to_detach: smallvec::SmallVec<[(u32, SideCalls); 2]> = smallvec::SmallVec::new();
         {
-            let mut guard = sync::lock(&self.inner.registry);
+            let mut guard = self.inner.registry.lock();
             let r = &mut *guard;
             let id = Self::reg_id(r, h, role)?;
             let reg = r.regs.get_mut(id).ok_or(Error::InvalidHandle)?;
@@ -1071,7 +1080,7 @@ impl Registrar {
     }
 
     fn wait(&self, h: RegistrationHandle, role: Role) -> Result<(), Error> {
-        let mut guard = sync::lock(&self.inner.registry);
+        let mut guard = self.inner.registry.lock();
         let id = Self::reg_id(&guard, h, role)?;
         let reg = guard.regs.get_mut(id).ok_or(Error::InvalidHandle)?;
         if !reg.deregistering {
@@ -1083,7 +1092,15 @@ impl Registrar {
             }
             reg.waiters += 1;
             loop {
-                guard = sync::wait(&self.inner.drained, guard);
+                // Read with the registry lock held: a drain after the check above moves it.
+                let seen = *sync::lock(&self.inner.drains);
+                drop(guard);
+                let mut drains = sync::lock(&self.inner.drains);
+                while *drains == seen {
+                    drains = sync::wait(&self.inner.drained, drains);
+                }
+                drop(drains);
+                guard = self.inner.registry.lock();
                 if guard.regs.get(id).is_some_and(|r| r.bindings.is_empty()) {
                     break;
                 }
@@ -1111,7 +1128,7 @@ impl Registrar {
     /// # Errors
     /// Invalid, stale or wrong-kind handle.
     pub fn is_deregister_complete(&self, h: RegistrationHandle) -> Result<bool, Error> {
-        let guard = sync::lock(&self.inner.registry);
+        let guard = self.inner.registry.lock();
         let (kind, id) = handle::decode(h.0)?;
         if kind == Kind::Binding {
             return Err(Error::WrongHandleKind {
@@ -1144,7 +1161,7 @@ impl Registrar {
 
     fn complete(&self, binding: BindingHandle, side: Side) -> Result<(), Error> {
         let next = {
-            let mut guard = sync::lock(&self.inner.registry);
+            let mut guard = self.inner.registry.lock();
             let id = Self::binding_id(binding)?;
             let bind = guard.bindings.get_mut(id).ok_or(Error::InvalidHandle)?;
             (bind.machine.complete(side)?, id.index)
@@ -1159,7 +1176,7 @@ impl Registrar {
     /// A consistent picture of every registration and binding, for tools and tests.
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {
-        let guard = sync::lock(&self.inner.registry);
+        let guard = self.inner.registry.lock();
         let registrations = guard
             .regs
             .iter()
