@@ -50,6 +50,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod binding;
+mod callstack;
 mod handle;
 mod ids;
 mod lock;

@@ -10,6 +10,7 @@
 use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
 };
+use crate::callstack::CallbackStack;
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
 use crate::lock::RegistryLock;
 use crate::npis::NpiIndex;
@@ -311,6 +312,44 @@ mod live {
 }
 use live::Live;
 
+mod spare {
+    //! One spare instance box per thread: a registration's instance is boxed (attach
+    //! callbacks borrow it past the lock), and a thread that waits for one registration and
+    //! then registers the next (module reloads, the pair lifecycle) reuses the box instead
+    //! of a free and a malloc.
+    use super::RegistrationInstance;
+    use std::cell::Cell;
+
+    #[cfg(not(loom))]
+    crate::sync::thread_local! {
+        static SPARE: Cell<Option<Box<RegistrationInstance>>> = const { Cell::new(None) };
+    }
+    #[cfg(loom)]
+    crate::sync::thread_local! {
+        static SPARE: Cell<Option<Box<RegistrationInstance>>> = Cell::new(None);
+    }
+
+    /// `instance` in a box, this thread's spare one if it has one.
+    pub(super) fn boxed(instance: RegistrationInstance) -> Box<RegistrationInstance> {
+        match SPARE.try_with(Cell::take) {
+            Ok(Some(mut b)) => {
+                *b = instance;
+                b
+            }
+            _ => Box::new(instance),
+        }
+    }
+
+    /// Keeps `b`'s allocation as this thread's spare, after dropping what it owns (the
+    /// characteristics and name may hold module objects, which must not outlive the
+    /// registration).
+    pub(super) fn put(mut b: Box<RegistrationInstance>) {
+        b.characteristics = None;
+        b.name = None;
+        let _ = SPARE.try_with(|s| drop(s.replace(Some(b))));
+    }
+}
+
 struct Reg {
     role: Role,
     /// Boxed: attach callbacks borrow it past the lock (see [`live`]).
@@ -400,11 +439,11 @@ impl Default for Registrar {
 #[cfg(not(loom))]
 sync::thread_local! {
     /// Registrations whose callbacks are running on this thread (for wait-deadlock checks).
-    static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    static IN_CALLBACK: CallbackStack = const { CallbackStack::new() };
 }
 #[cfg(loom)]
 sync::thread_local! {
-    static IN_CALLBACK: std::cell::RefCell<Vec<u64>> = std::cell::RefCell::new(Vec::new());
+    static IN_CALLBACK: CallbackStack = CallbackStack::new();
 }
 
 /// An attach running on this thread: what `NmrClientAttachProvider` needs, kept with the
@@ -466,11 +505,9 @@ struct AttachStart {
 /// Runs a module callback with `reg` marked as "in callback" on this thread, catching
 /// panics so a misbehaving module cannot leave the registrar half-updated.
 fn invoke<R>(reg: u64, what: &'static str, f: impl FnOnce() -> R) -> Option<R> {
-    IN_CALLBACK.with(|s| s.borrow_mut().push(reg));
+    IN_CALLBACK.with(|s| s.push(reg));
     let r = catch_unwind(AssertUnwindSafe(f));
-    IN_CALLBACK.with(|s| {
-        s.borrow_mut().pop();
-    });
+    IN_CALLBACK.with(CallbackStack::pop);
     match r {
         Ok(v) => Some(v),
         Err(_) => {
@@ -556,7 +593,7 @@ impl Registrar {
         // What the register event shows, kept aside so the instance moves into the registry
         // without an `Arc` clone (no atomic at all for a module without a name).
         let (module_id, name) = (instance.module_id, instance.name.clone());
-        let instance = Box::new(instance);
+        let instance = spare::boxed(instance);
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
         let mut started = 0;
         let (handle, first) = {
@@ -1087,7 +1124,7 @@ impl Registrar {
             return Err(Error::NotDeregistering);
         }
         if !reg.bindings.is_empty() {
-            if IN_CALLBACK.with(|s| s.borrow().contains(&h.0)) {
+            if IN_CALLBACK.with(|s| s.contains(h.0)) {
                 return Err(Error::WaitInsideCallback);
             }
             reg.waiters += 1;
@@ -1115,7 +1152,9 @@ impl Registrar {
         // destructor (foreign code), and the frees need not hold up other threads.
         let reg = guard.regs.remove(id);
         drop(guard);
-        drop(reg);
+        if let Some(reg) = reg {
+            spare::put(reg.instance);
+        }
         tracing::debug!(target: "nmr::lifecycle", event = "wait-complete", registration = %h, ?role);
         Ok(())
     }

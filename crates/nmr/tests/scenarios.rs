@@ -35,6 +35,37 @@ fn a_client_registered_alone_deregisters_pending_and_waits() {
     assert!(r.snapshot().registrations.is_empty());
 }
 
+/// The registrar keeps a spare instance allocation per thread; what the instance owned
+/// (characteristics, name) must still be released when the wait returns, and the next
+/// registration on the thread must see only its own instance.
+#[test]
+fn the_wait_releases_what_the_instance_owned_and_the_next_registration_sees_its_own() {
+    struct Owned(Arc<AtomicUsize>);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let r = Registrar::new();
+    let log = Log::new();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let c = TestClient::accepting("c", &log, &r, 1, 1);
+    let h = c.register(
+        instance(NPI, 1, 0, "c").with_characteristics(Arc::new(Owned(Arc::clone(&dropped)))),
+    );
+    unload_client(&r, h);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "characteristics outlived the wait");
+    // The next registration on this thread reuses the allocation with its own contents.
+    let p = TestProvider::accepting("p", &log, &r, 2, 2);
+    let ph = p.register(instance(NPI, 7, 3, "second"));
+    let snap = r.snapshot();
+    assert_eq!(snap.registrations.len(), 1);
+    assert_eq!(snap.registrations[0].name, "second");
+    assert_eq!(snap.registrations[0].number, 3);
+    assert_eq!(snap.registrations[0].module_id, module(7));
+    unload_provider(&r, ph);
+}
+
 #[test]
 fn a_provider_registered_alone_deregisters_pending_and_waits() {
     let r = Registrar::new();
