@@ -54,7 +54,11 @@ fn the_wait_releases_what_the_instance_owned_and_the_next_registration_sees_its_
         instance(NPI, 1, 0, "c").with_characteristics(Arc::new(Owned(Arc::clone(&dropped)))),
     );
     unload_client(&r, h);
-    assert_eq!(dropped.load(Ordering::SeqCst), 1, "characteristics outlived the wait");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "characteristics outlived the wait"
+    );
     // The next registration on this thread reuses the allocation with its own contents.
     let p = TestProvider::accepting("p", &log, &r, 2, 2);
     let ph = p.register(instance(NPI, 7, 3, "second"));
