@@ -433,7 +433,7 @@ fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
 
 mod raw {
     //! The only place the typed layer turns registrar contexts back into Rust objects.
-    use super::{Arc, Context};
+    use super::Context;
 
     /// Moves `b` into a context; [`take`] gets it back exactly once.
     pub(super) fn into_context<T>(b: Box<T>) -> Context {
@@ -463,17 +463,28 @@ mod raw {
     }
 
     /// # Safety
-    /// `c` points to a live `Arc<D>` (a dispatch handed over by a typed peer of the same NPI).
-    pub(super) unsafe fn clone_dispatch<D: ?Sized>(c: Context) -> Arc<D> {
-        // SAFETY: per the contract, `c` points to a live `Arc<D>`; cloning only bumps its count.
-        Arc::clone(unsafe { &*c.as_ptr().cast::<Arc<D>>().cast_const() })
+    /// `c` points to a live `T` that nothing else accesses for `'a` (a [`super::Handoff`]
+    /// on the stack of a typed client's `ClientAttach::attach`, which waits for the nested
+    /// provider attach).
+    pub(super) unsafe fn handoff<'a, T>(c: Context) -> &'a mut T {
+        // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
+        unsafe { &mut *c.as_ptr().cast::<T>() }
     }
+}
+
+/// The two dispatches of an attach, moved rather than cloned: the client's `attach` puts
+/// its dispatch here and passes the address as its dispatch context; the provider adapter,
+/// running nested inside that call, takes the client's dispatch for the binding it gives its
+/// module and leaves its module's dispatch in `provider`, which `attach` takes once
+/// `NmrClientAttachProvider` returns. Saves two reference-count updates per dispatch.
+struct Handoff<N: Npi> {
+    client: Option<Arc<N::ClientDispatch>>,
+    provider: Option<Arc<N::ProviderDispatch>>,
 }
 
 struct ProviderSide<N: Npi, Ctx> {
     binding: Binding<N::ClientDispatch>,
     ctx: Option<Ctx>,
-    dispatch: Arc<N::ProviderDispatch>,
 }
 
 /// The client's per-binding box, the registrar-level client binding context.
@@ -523,15 +534,20 @@ impl<N: Npi> ClientAttach<'_, N> {
         if self.attached {
             return Err(Error::AlreadyAttached.status());
         }
-        let a = self.registrar.client_attach_provider(
+        let mut handoff = Handoff::<N> {
+            client: Some(dispatch),
+            provider: None,
+        };
+        self.registrar.client_attach_provider(
             self.handle,
             self.side,
-            Context::from_ptr(&raw const dispatch),
+            Context::from_ptr(&raw mut handoff),
         )?;
-        // SAFETY: the adapter only calls the module when the provider is typed for `N`, so
-        // `a.dispatch` points to that provider's `Arc<N::ProviderDispatch>`, alive while the
-        // binding is.
-        let provider_dispatch = unsafe { raw::clone_dispatch::<N::ProviderDispatch>(a.dispatch) };
+        // The adapter only calls the module when the provider is typed for `N`, and that
+        // provider's adapter leaves its dispatch in the handoff when it accepts.
+        let Some(provider_dispatch) = handoff.provider.take() else {
+            unreachable!("a typed provider that accepted left its dispatch in the handoff")
+        };
         let binding = Binding::new(provider_dispatch, self.handle);
         (self.store)(self.side, binding.clone());
         self.attached = true;
@@ -645,24 +661,28 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
             return Err(Status::INVALID_PARAMETER);
         }
         // SAFETY: the client is typed for `N` (checked above), so its dispatch context points
-        // to the `Arc<N::ClientDispatch>` it passed to `ClientAttach::attach`, alive for the
-        // duration of this nested call.
-        let client_dispatch = unsafe { raw::clone_dispatch::<N::ClientDispatch>(client_dispatch) };
+        // to the `Handoff<N>` on the stack of its `ClientAttach::attach`, which waits for this
+        // nested call and does not touch it meanwhile.
+        let handoff = unsafe { raw::handoff::<Handoff<N>>(client_dispatch) };
+        let Some(client_dispatch) = handoff.client.take() else {
+            return Err(Status::INVALID_PARAMETER);
+        };
         let client_binding = Binding::new(client_dispatch, binding);
         let peer = peer_info(client, t);
         let (ctx, dispatch) = self
             .module
             .attach_client(&peer, client_binding.clone())
             .map_err(Declined::status)?;
+        handoff.provider = Some(dispatch);
         let side = Box::new(ProviderSide::<N, P::BindingContext> {
             binding: client_binding,
             ctx: Some(ctx),
-            dispatch,
         });
-        let dispatch_ptr = Context::from_ptr(&raw const side.dispatch);
         Ok(ProviderAttachment {
             binding_context: raw::into_context(side),
-            dispatch: dispatch_ptr,
+            // Only the typed client reads the dispatch, from the handoff; this is for the
+            // registrar's records.
+            dispatch: Context::from_ptr(&raw const handoff.provider),
         })
     }
 
