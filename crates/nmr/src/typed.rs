@@ -158,12 +158,28 @@ impl Declined {
 #[error("the binding is detaching or detached")]
 pub struct Detached;
 
-/// One allocation per binding direction: the rundown is embedded (owned guards and the
-/// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less.
+/// One allocation per binding direction. The rundown is embedded (owned guards and the
+/// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less. The
+/// core is also the registrar-level binding context of the side that calls through it
+/// (one strong reference travels as the context, from the attach to the cleanup), and it
+/// holds that side's module context, type-erased so `Binding<D>` stays one thin pointer
+/// (a zero-sized module context costs no allocation).
 struct BindingCore<D: ?Sized> {
     rundown: Rundown,
     handle: BindingHandle,
     dispatch: Arc<D>,
+    ctx: side::CtxCell,
+}
+
+impl<D: ?Sized> BindingCore<D> {
+    fn new(rundown: Rundown, dispatch: Arc<D>, handle: BindingHandle) -> Self {
+        BindingCore {
+            rundown,
+            handle,
+            dispatch,
+            ctx: side::CtxCell::empty(),
+        }
+    }
 }
 
 impl<D: ?Sized + Send + Sync + 'static> HoldsRundown for BindingCore<D> {
@@ -198,16 +214,6 @@ impl<D: ?Sized> fmt::Debug for Binding<D> {
 }
 
 impl<D: ?Sized> Binding<D> {
-    fn new(dispatch: Arc<D>, handle: BindingHandle) -> Self {
-        Binding {
-            core: Arc::new(BindingCore {
-                rundown: Rundown::new(),
-                handle,
-                dispatch,
-            }),
-        }
-    }
-
     /// Calls the peer through the binding.
     ///
     /// # Errors
@@ -431,35 +437,36 @@ fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
     }
 }
 
-mod raw {
-    //! The only place the typed layer turns registrar contexts back into Rust objects.
-    use super::Context;
+mod side {
+    //! The only place the typed layer turns registrar contexts back into Rust objects, and
+    //! the per-side state that only the adapters touch.
+    use super::{Arc, Context};
+    use std::any::Any;
+    use std::cell::UnsafeCell;
+    use std::mem::{ManuallyDrop, MaybeUninit};
 
-    /// Moves `b` into a context; [`take`] gets it back exactly once.
-    pub(super) fn into_context<T>(b: Box<T>) -> Context {
-        Context::from_ptr(Box::into_raw(b))
+    /// Gives one strong reference of `a` to the registrar as a binding context; [`take`]
+    /// gets it back exactly once.
+    pub(super) fn into_context<T>(a: Arc<T>) -> Context {
+        Context::from_ptr(Arc::into_raw(a))
     }
 
     /// # Safety
     /// `c` came from [`into_context::<T>`] and is taken at most once.
-    pub(super) unsafe fn take<T>(c: Context) -> Box<T> {
-        // SAFETY: per the contract, `c` is a leaked `Box<T>` not yet reclaimed.
-        unsafe { Box::from_raw(c.as_ptr().cast::<T>()) }
+    pub(super) unsafe fn take<T>(c: Context) -> Arc<T> {
+        // SAFETY: per the contract, `c` carries a strong reference not yet reclaimed.
+        unsafe { Arc::from_raw(c.as_ptr().cast::<T>().cast_const()) }
     }
 
+    /// The `Arc` behind a context, without taking the context's reference (hence
+    /// `ManuallyDrop`).
+    ///
     /// # Safety
-    /// `c` came from [`into_context::<T>`] and has not been taken yet, and stays so for `'a`.
-    pub(super) unsafe fn borrow<'a, T>(c: Context) -> &'a T {
-        // SAFETY: per the contract, `c` points to a live `T`.
-        unsafe { &*c.as_ptr().cast::<T>().cast_const() }
-    }
-
-    /// # Safety
-    /// `c` came from [`into_context::<T>`], has not been taken, and nothing else accesses it
-    /// for `'a`.
-    pub(super) unsafe fn borrow_mut<'a, T>(c: Context) -> &'a mut T {
-        // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
-        unsafe { &mut *c.as_ptr().cast::<T>() }
+    /// `c` came from [`into_context::<T>`] and is not taken while the result lives.
+    pub(super) unsafe fn borrow<T>(c: Context) -> ManuallyDrop<Arc<T>> {
+        // SAFETY: per the contract, the context's reference keeps the value alive, and
+        // `ManuallyDrop` never releases that reference.
+        ManuallyDrop::new(unsafe { Arc::from_raw(c.as_ptr().cast::<T>().cast_const()) })
     }
 
     /// # Safety
@@ -469,6 +476,74 @@ mod raw {
     pub(super) unsafe fn handoff<'a, T>(c: Context) -> &'a mut T {
         // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
         unsafe { &mut *c.as_ptr().cast::<T>() }
+    }
+
+    /// An `Arc` allocation whose address is known before its value: the client's core,
+    /// whose address must be its binding context before the provider (and so the dispatch
+    /// the core holds) is known.
+    pub(super) struct Late<T>(Arc<MaybeUninit<T>>);
+
+    impl<T> Late<T> {
+        pub(super) fn new() -> Self {
+            Late(Arc::new_uninit())
+        }
+
+        /// Where the value will be ([`into_context`] of [`init`](Self::init)'s result).
+        pub(super) fn context(&self) -> Context {
+            Context::from_ptr(Arc::as_ptr(&self.0).cast::<T>())
+        }
+
+        pub(super) fn init(self, value: T) -> Arc<T> {
+            // Not `Arc::get_mut`, whose uniqueness check is a locked read-modify-write.
+            let slot = Arc::as_ptr(&self.0).cast_mut();
+            // SAFETY: a `Late` is never cloned, so this `Arc` is the only reference to the
+            // allocation and nothing borrows its contents; `Arc::as_ptr` keeps the
+            // allocation's (writable) provenance, as `Arc::get_mut_unchecked` does.
+            unsafe { slot.write(MaybeUninit::new(value)) };
+            // SAFETY: written just above.
+            unsafe { self.0.assume_init() }
+        }
+    }
+
+    /// A side's module binding context: set once when its attach succeeds, lent to its
+    /// detach hook, taken by its cleanup.
+    pub(super) struct CtxCell(UnsafeCell<Option<Box<dyn Any + Send + Sync>>>);
+
+    // SAFETY: the cell is reached only through the unsafe methods below, which only the
+    // adapters call, in the callbacks of the side that owns the core, and the registrar
+    // orders those: the attach returns before a detach starts (G5), a side's detach
+    // callback returns before the cleanups start, and each callback happens after the
+    // previous one through the registrar's lock. So accesses never overlap. Other holders
+    // of the core (bindings, guards, drain references) never touch it.
+    unsafe impl Sync for CtxCell {}
+
+    impl CtxCell {
+        pub(super) const fn empty() -> Self {
+            CtxCell(UnsafeCell::new(None))
+        }
+
+        /// # Safety
+        /// No other access to the cell overlaps this one.
+        pub(super) unsafe fn set<C: Send + Sync + 'static>(&self, ctx: C) {
+            // SAFETY: per the contract, this is the only access.
+            unsafe { *self.0.get() = Some(Box::new(ctx)) };
+        }
+
+        /// # Safety
+        /// No [`set`](Self::set) or [`take`](Self::take) overlaps the returned borrow.
+        pub(super) unsafe fn get<C: 'static>(&self) -> Option<&C> {
+            // SAFETY: per the contract, nothing writes the cell while the borrow lives.
+            let c = unsafe { &*self.0.get() };
+            c.as_deref()?.downcast_ref()
+        }
+
+        /// # Safety
+        /// No other access to the cell overlaps this one.
+        pub(super) unsafe fn take<C: 'static>(&self) -> Option<C> {
+            // SAFETY: per the contract, this is the only access.
+            let c = unsafe { &mut *self.0.get() };
+            c.take()?.downcast().ok().map(|b| *b)
+        }
     }
 }
 
@@ -482,40 +557,29 @@ struct Handoff<N: Npi> {
     provider: Option<Arc<N::ProviderDispatch>>,
 }
 
-struct ProviderSide<N: Npi, Ctx> {
-    binding: Binding<N::ClientDispatch>,
-    ctx: Option<Ctx>,
-}
-
-/// The client's per-binding box, the registrar-level client binding context.
-struct ClientBox<N: Npi, Ctx> {
-    binding: Option<Binding<N::ProviderDispatch>>,
-    ctx: Option<Ctx>,
-}
-
-/// Stores the binding into a `ClientBox<N, Ctx>` known only by its context.
-fn store_binding<N: Npi, Ctx>(c: Context, binding: Binding<N::ProviderDispatch>) {
-    // SAFETY: `c` is the live `ClientBox<N, Ctx>` the adapter made for this attach; only the
-    // attaching thread touches it until the attach callback returns (detach cannot start
-    // before that, G5).
-    let b = unsafe { raw::borrow_mut::<ClientBox<N, Ctx>>(c) };
-    b.binding = Some(binding);
+/// The client's core before its attach succeeds: the allocation (its address is the
+/// client's binding context) and the rundown, made up front so that nothing can fail
+/// between the provider's acceptance and the core's initialisation.
+struct PendingCore<D: ?Sized> {
+    late: side::Late<BindingCore<D>>,
+    rundown: Rundown,
 }
 
 /// The attach in progress, handed to [`Client::attach_provider`].
 pub struct ClientAttach<'a, N: Npi> {
     registrar: &'a Registrar,
     handle: BindingHandle,
+    /// The client's binding context: where the core will be.
     side: Context,
-    store: fn(Context, Binding<N::ProviderDispatch>),
-    attached: bool,
+    /// `None` once an attach succeeded.
+    pending: Option<PendingCore<N::ProviderDispatch>>,
 }
 
 impl<N: Npi> fmt::Debug for ClientAttach<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientAttach")
             .field("binding", &self.handle)
-            .field("attached", &self.attached)
+            .field("attached", &self.pending.is_none())
             .finish()
     }
 }
@@ -531,7 +595,7 @@ impl<N: Npi> ClientAttach<'_, N> {
         &mut self,
         dispatch: Arc<N::ClientDispatch>,
     ) -> Result<Binding<N::ProviderDispatch>, Status> {
-        if self.attached {
+        if self.pending.is_none() {
             return Err(Error::AlreadyAttached.status());
         }
         let mut handoff = Handoff::<N> {
@@ -543,14 +607,25 @@ impl<N: Npi> ClientAttach<'_, N> {
             self.side,
             Context::from_ptr(&raw mut handoff),
         )?;
+        // From here on nothing may fail: the registrar now holds `self.side` as the client's
+        // context and hands it to the cleanup, so it must become an initialised core.
         // The adapter only calls the module when the provider is typed for `N`, and that
         // provider's adapter leaves its dispatch in the handoff when it accepts.
-        let Some(provider_dispatch) = handoff.provider.take() else {
-            unreachable!("a typed provider that accepted left its dispatch in the handoff")
+        let (Some(provider_dispatch), Some(pending)) =
+            (handoff.provider.take(), self.pending.take())
+        else {
+            unreachable!("a typed provider that accepted left its dispatch; checked pending above")
         };
-        let binding = Binding::new(provider_dispatch, self.handle);
-        (self.store)(self.side, binding.clone());
-        self.attached = true;
+        let core = pending.late.init(BindingCore::new(
+            pending.rundown,
+            provider_dispatch,
+            self.handle,
+        ));
+        let binding = Binding {
+            core: Arc::clone(&core),
+        };
+        let context = side::into_context(core);
+        debug_assert_eq!(context, self.side);
         Ok(binding)
     }
 
@@ -573,51 +648,51 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
             return Status::NOINTERFACE;
         };
         let peer = peer_info(provider, t);
-        let side = raw::into_context(Box::new(ClientBox::<N, C::BindingContext> {
-            binding: None,
-            ctx: None,
-        }));
+        let late = side::Late::new();
+        let side = late.context();
         let mut attach = ClientAttach::<N> {
             registrar: &self.registrar,
             handle: binding,
             side,
-            store: store_binding::<N, C::BindingContext>,
-            attached: false,
+            pending: Some(PendingCore {
+                late,
+                rundown: Rundown::new(),
+            }),
         };
         let result = self.module.attach_provider(&peer, &mut attach);
-        match (result, attach.attached) {
+        let attached = attach.pending.is_none();
+        // Never attached: the allocation goes (the registrar never hands `side` back).
+        drop(attach);
+        match (result, attached) {
             (Ok(ctx), true) => {
-                // SAFETY: still ours until the attach callback returns (see `store_binding`).
-                unsafe { raw::borrow_mut::<ClientBox<N, C::BindingContext>>(side) }.ctx = Some(ctx);
+                // SAFETY: `attach` gave the core's reference to the context, which lives
+                // until the cleanup, and that cannot start before this callback returns.
+                let core = unsafe { side::borrow::<BindingCore<N::ProviderDispatch>>(side) };
+                // SAFETY: the only access: detach cannot start before this callback
+                // returns (G5), and other holders of the core never touch the cell.
+                unsafe { core.ctx.set(ctx) };
                 Status::SUCCESS
             }
             // Attached, then failed: the registrar detaches the provider and runs both
-            // cleanups, which reclaim the box.
+            // cleanups, which release the cores.
             (Err(d), true) => d.status(),
-            (result, false) => {
-                // SAFETY: never attached, so the registrar will never hand `side` back.
-                drop(unsafe { raw::take::<ClientBox<N, C::BindingContext>>(side) });
-                match result {
-                    Ok(_) => {
-                        tracing::warn!(target: "nmr", %binding, "client accepted without attaching; treated as declined");
-                        Status::NOINTERFACE
-                    }
-                    Err(d) => d.status(),
-                }
+            (Ok(_), false) => {
+                tracing::warn!(target: "nmr", %binding, "client accepted without attaching; treated as declined");
+                Status::NOINTERFACE
             }
+            (Err(d), false) => d.status(),
         }
     }
 
     fn detach_provider(&self, client_binding_context: Context) -> DetachStatus {
-        // SAFETY: the registrar hands back the `ClientBox` we stored; it lives until cleanup,
-        // which cannot start before this callback returns.
-        let b = unsafe { raw::borrow::<ClientBox<N, C::BindingContext>>(client_binding_context) };
-        let Some(binding) = b.binding.as_ref() else {
-            return DetachStatus::Done;
-        };
-        let handle = binding.handle();
+        // SAFETY: the registrar hands back the context `ClientAttach::attach` made of the
+        // client's core; its reference lives until the cleanup, which cannot start before
+        // this callback returns.
+        let core =
+            unsafe { side::borrow::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
+        let handle = core.handle;
         detach_side(
-            &binding.core,
+            &core,
             || {
                 let registrar = self.registrar.clone();
                 move || {
@@ -626,7 +701,9 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
                     }
                 }
             },
-            |hold| match b.ctx.as_ref() {
+            // SAFETY: the attach's `set` returned before this detach began, and the
+            // cleanup's `take` starts only after this callback returns.
+            |hold| match unsafe { core.ctx.get::<C::BindingContext>() } {
                 Some(ctx) => self.module.detach_provider(ctx, hold),
                 None => drop(hold),
             },
@@ -634,9 +711,11 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
     }
 
     fn cleanup_binding_context(&self, client_binding_context: Context) {
-        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
-        let b = unsafe { raw::take::<ClientBox<N, C::BindingContext>>(client_binding_context) };
-        if let Some(ctx) = b.ctx {
+        // SAFETY: cleanup runs exactly once per binding; the context's reference is ours again.
+        let core =
+            unsafe { side::take::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
+        // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
+        if let Some(ctx) = unsafe { core.ctx.take::<C::BindingContext>() } {
             self.module.cleanup_binding(ctx);
         }
     }
@@ -663,23 +742,27 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         // SAFETY: the client is typed for `N` (checked above), so its dispatch context points
         // to the `Handoff<N>` on the stack of its `ClientAttach::attach`, which waits for this
         // nested call and does not touch it meanwhile.
-        let handoff = unsafe { raw::handoff::<Handoff<N>>(client_dispatch) };
+        let handoff = unsafe { side::handoff::<Handoff<N>>(client_dispatch) };
         let Some(client_dispatch) = handoff.client.take() else {
             return Err(Status::INVALID_PARAMETER);
         };
-        let client_binding = Binding::new(client_dispatch, binding);
+        let core = Arc::new(BindingCore::new(Rundown::new(), client_dispatch, binding));
         let peer = peer_info(client, t);
         let (ctx, dispatch) = self
             .module
-            .attach_client(&peer, client_binding.clone())
+            .attach_client(
+                &peer,
+                Binding {
+                    core: Arc::clone(&core),
+                },
+            )
             .map_err(Declined::status)?;
         handoff.provider = Some(dispatch);
-        let side = Box::new(ProviderSide::<N, P::BindingContext> {
-            binding: client_binding,
-            ctx: Some(ctx),
-        });
+        // SAFETY: the only access: the core is not the registrar's yet, and other holders
+        // (the module's bindings) never touch the cell.
+        unsafe { core.ctx.set(ctx) };
         Ok(ProviderAttachment {
-            binding_context: raw::into_context(side),
+            binding_context: side::into_context(core),
             // Only the typed client reads the dispatch, from the handoff; this is for the
             // registrar's records.
             dispatch: Context::from_ptr(&raw const handoff.provider),
@@ -687,12 +770,13 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
     }
 
     fn detach_client(&self, provider_binding_context: Context) -> DetachStatus {
-        // SAFETY: the registrar hands back the `ProviderSide` we stored; it lives until cleanup.
-        let side =
-            unsafe { raw::borrow::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
-        let handle = side.binding.handle();
+        // SAFETY: the registrar hands back the context `attach_client` made of the
+        // provider's core; its reference lives until the cleanup.
+        let core =
+            unsafe { side::borrow::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
+        let handle = core.handle;
         detach_side(
-            &side.binding.core,
+            &core,
             || {
                 let registrar = self.registrar.clone();
                 move || {
@@ -701,7 +785,9 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
                     }
                 }
             },
-            |hold| match side.ctx.as_ref() {
+            // SAFETY: the attach's `set` returned before this detach began, and the
+            // cleanup's `take` starts only after this callback returns.
+            |hold| match unsafe { core.ctx.get::<P::BindingContext>() } {
                 Some(ctx) => self.module.detach_client(ctx, hold),
                 None => drop(hold),
             },
@@ -709,10 +795,11 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
     }
 
     fn cleanup_binding_context(&self, provider_binding_context: Context) {
-        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
-        let side =
-            unsafe { raw::take::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
-        if let Some(ctx) = side.ctx {
+        // SAFETY: cleanup runs exactly once per binding; the context's reference is ours again.
+        let core =
+            unsafe { side::take::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
+        // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
+        if let Some(ctx) = unsafe { core.ctx.take::<P::BindingContext>() } {
             self.module.cleanup_binding(ctx);
         }
     }
