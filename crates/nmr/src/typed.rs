@@ -56,6 +56,7 @@ use crate::registrar::{
 use crate::rundown::{DrainRef, HoldsRundown, OwnedRundownGuard, Rundown, RundownGuard};
 use crate::sync::Arc;
 use crate::{BindingHandle, Error, ModuleId, NpiId, Registrar, RegistrationHandle, Status};
+use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -383,26 +384,108 @@ pub trait Client<N: Npi>: Send + Sync + 'static {
     }
 }
 
-/// Marks a registration instance as registered through the typed layer for NPI `N`, so a
-/// peer only ever reinterprets dispatch pointers that really are of `N`'s types.
-struct Typed<N: Npi, C> {
-    characteristics: Option<C>,
-    _npi: PhantomData<fn() -> N>,
+/// A module's binding context, type-erased so the per-registration object (and so what a
+/// peer checks) does not depend on the module's type.
+type AnyCtx = Box<dyn Any + Send + Sync>;
+
+/// [`Client`] with the binding context erased, so one registration object type per NPI
+/// serves every client module of it.
+trait ErasedClient<N: Npi>: Send + Sync + 'static {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, N>,
+    ) -> Result<AnyCtx, Declined>;
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold);
+    fn cleanup(&self, ctx: AnyCtx);
 }
 
-fn typed_chars<N: Npi, C: 'static>(i: &RegistrationInstance) -> Option<&Typed<N, C>> {
-    i.characteristics.as_deref()?.downcast_ref::<Typed<N, C>>()
+impl<N: Npi, C: Client<N>> ErasedClient<N> for C {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, N>,
+    ) -> Result<AnyCtx, Declined> {
+        // A zero-sized context boxes without allocating.
+        Client::<N>::attach_provider(self, peer, attach).map(|c| Box::new(c) as AnyCtx)
+    }
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold) {
+        match ctx.and_then(|c| c.downcast_ref::<C::BindingContext>()) {
+            Some(ctx) => Client::<N>::detach_provider(self, ctx, hold),
+            None => drop(hold),
+        }
+    }
+    fn cleanup(&self, ctx: AnyCtx) {
+        if let Ok(ctx) = ctx.downcast::<C::BindingContext>() {
+            Client::<N>::cleanup_binding(self, *ctx);
+        }
+    }
 }
 
-fn peer_info<'a, N: Npi, C: 'static>(
+/// [`Provider`] with the binding context erased (see [`ErasedClient`]).
+trait ErasedProvider<N: Npi>: Send + Sync + 'static {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ClientCharacteristics>,
+        client: Binding<N::ClientDispatch>,
+    ) -> Result<(AnyCtx, Arc<N::ProviderDispatch>), Declined>;
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold);
+    fn cleanup(&self, ctx: AnyCtx);
+}
+
+impl<N: Npi, P: Provider<N>> ErasedProvider<N> for P {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ClientCharacteristics>,
+        client: Binding<N::ClientDispatch>,
+    ) -> Result<(AnyCtx, Arc<N::ProviderDispatch>), Declined> {
+        Provider::<N>::attach_client(self, peer, client).map(|(c, d)| (Box::new(c) as AnyCtx, d))
+    }
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold) {
+        match ctx.and_then(|c| c.downcast_ref::<P::BindingContext>()) {
+            Some(ctx) => Provider::<N>::detach_client(self, ctx, hold),
+            None => drop(hold),
+        }
+    }
+    fn cleanup(&self, ctx: AnyCtx) {
+        if let Ok(ctx) = ctx.downcast::<P::BindingContext>() {
+            Provider::<N>::cleanup_binding(self, *ctx);
+        }
+    }
+}
+
+/// A typed client registration of NPI `N`, in one allocation that the registrar holds twice:
+/// as the registration's callbacks, and as its instance's characteristics, which is how a
+/// peer knows the registration is a typed client of `N` (a downcast to this exact type), so
+/// it only ever reinterprets dispatch contexts that really are of `N`'s types.
+struct ClientTyped<N: Npi> {
+    characteristics: Option<N::ClientCharacteristics>,
+    registrar: Registrar,
+    module: Arc<dyn ErasedClient<N>>,
+}
+
+/// A typed provider registration of NPI `N` (see [`ClientTyped`]).
+struct ProviderTyped<N: Npi> {
+    characteristics: Option<N::ProviderCharacteristics>,
+    registrar: Registrar,
+    module: Arc<dyn ErasedProvider<N>>,
+}
+
+/// The peer's registration object, if it is a `T` (a typed registration of the right role
+/// and NPI type).
+fn typed_peer<T: 'static>(i: &RegistrationInstance) -> Option<&T> {
+    i.characteristics.as_deref()?.downcast_ref::<T>()
+}
+
+fn peer_info<'a, C>(
     i: &'a RegistrationInstance,
-    t: &'a Typed<N, C>,
+    characteristics: Option<&'a C>,
 ) -> PeerInfo<'a, C> {
     PeerInfo {
         module_id: i.module_id,
         number: i.number,
         name: i.name.as_deref(),
-        characteristics: t.characteristics.as_ref(),
+        characteristics,
     }
 }
 
@@ -440,7 +523,7 @@ fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
 mod side {
     //! The only place the typed layer turns registrar contexts back into Rust objects, and
     //! the per-side state that only the adapters touch.
-    use super::{Arc, Context};
+    use super::{AnyCtx, Arc, Context};
     use std::any::Any;
     use std::cell::UnsafeCell;
     use std::mem::{ManuallyDrop, MaybeUninit};
@@ -524,25 +607,23 @@ mod side {
 
         /// # Safety
         /// No other access to the cell overlaps this one.
-        pub(super) unsafe fn set<C: Send + Sync + 'static>(&self, ctx: C) {
+        pub(super) unsafe fn set(&self, ctx: AnyCtx) {
             // SAFETY: per the contract, this is the only access.
-            unsafe { *self.0.get() = Some(Box::new(ctx)) };
+            unsafe { *self.0.get() = Some(ctx) };
         }
 
         /// # Safety
         /// No [`set`](Self::set) or [`take`](Self::take) overlaps the returned borrow.
-        pub(super) unsafe fn get<C: 'static>(&self) -> Option<&C> {
+        pub(super) unsafe fn get(&self) -> Option<&(dyn Any + Send + Sync)> {
             // SAFETY: per the contract, nothing writes the cell while the borrow lives.
-            let c = unsafe { &*self.0.get() };
-            c.as_deref()?.downcast_ref()
+            unsafe { &*self.0.get() }.as_deref()
         }
 
         /// # Safety
         /// No other access to the cell overlaps this one.
-        pub(super) unsafe fn take<C: 'static>(&self) -> Option<C> {
+        pub(super) unsafe fn take(&self) -> Option<AnyCtx> {
             // SAFETY: per the contract, this is the only access.
-            let c = unsafe { &mut *self.0.get() };
-            c.take()?.downcast().ok().map(|b| *b)
+            unsafe { &mut *self.0.get() }.take()
         }
     }
 }
@@ -636,18 +717,12 @@ impl<N: Npi> ClientAttach<'_, N> {
     }
 }
 
-struct ClientAdapter<N: Npi, C: Client<N>> {
-    module: Arc<C>,
-    registrar: Registrar,
-    _npi: PhantomData<fn() -> N>,
-}
-
-impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
+impl<N: Npi> ClientCallbacks for ClientTyped<N> {
     fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status {
-        let Some(t) = typed_chars::<N, N::ProviderCharacteristics>(provider) else {
+        let Some(t) = typed_peer::<ProviderTyped<N>>(provider) else {
             return Status::NOINTERFACE;
         };
-        let peer = peer_info(provider, t);
+        let peer = peer_info(provider, t.characteristics.as_ref());
         let late = side::Late::new();
         let side = late.context();
         let mut attach = ClientAttach::<N> {
@@ -659,7 +734,7 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
                 rundown: Rundown::new(),
             }),
         };
-        let result = self.module.attach_provider(&peer, &mut attach);
+        let result = self.module.attach(&peer, &mut attach);
         let attached = attach.pending.is_none();
         // Never attached: the allocation goes (the registrar never hands `side` back).
         drop(attach);
@@ -703,10 +778,7 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
             // cleanup's `take` starts only after this callback returns.
-            |hold| match unsafe { core.ctx.get::<C::BindingContext>() } {
-                Some(ctx) => self.module.detach_provider(ctx, hold),
-                None => drop(hold),
-            },
+            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
@@ -715,19 +787,13 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
         let core =
             unsafe { side::take::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
         // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
-        if let Some(ctx) = unsafe { core.ctx.take::<C::BindingContext>() } {
-            self.module.cleanup_binding(ctx);
+        if let Some(ctx) = unsafe { core.ctx.take() } {
+            self.module.cleanup(ctx);
         }
     }
 }
 
-struct ProviderAdapter<N: Npi, P: Provider<N>> {
-    module: Arc<P>,
-    registrar: Registrar,
-    _npi: PhantomData<fn() -> N>,
-}
-
-impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
+impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
     fn attach_client(
         &self,
         binding: BindingHandle,
@@ -735,7 +801,7 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         _client_binding_context: Context,
         client_dispatch: Context,
     ) -> Result<ProviderAttachment, Status> {
-        let t = typed_chars::<N, N::ClientCharacteristics>(client).ok_or(Status::NOINTERFACE)?;
+        let t = typed_peer::<ClientTyped<N>>(client).ok_or(Status::NOINTERFACE)?;
         if client_dispatch.is_null() {
             return Err(Status::INVALID_PARAMETER);
         }
@@ -747,10 +813,10 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
             return Err(Status::INVALID_PARAMETER);
         };
         let core = Arc::new(BindingCore::new(Rundown::new(), client_dispatch, binding));
-        let peer = peer_info(client, t);
+        let peer = peer_info(client, t.characteristics.as_ref());
         let (ctx, dispatch) = self
             .module
-            .attach_client(
+            .attach(
                 &peer,
                 Binding {
                     core: Arc::clone(&core),
@@ -787,10 +853,7 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
             // cleanup's `take` starts only after this callback returns.
-            |hold| match unsafe { core.ctx.get::<P::BindingContext>() } {
-                Some(ctx) => self.module.detach_client(ctx, hold),
-                None => drop(hold),
-            },
+            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
@@ -799,8 +862,8 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         let core =
             unsafe { side::take::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
         // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
-        if let Some(ctx) = unsafe { core.ctx.take::<P::BindingContext>() } {
-            self.module.cleanup_binding(ctx);
+        if let Some(ctx) = unsafe { core.ctx.take() } {
+            self.module.cleanup(ctx);
         }
     }
 }
@@ -914,11 +977,11 @@ macro_rules! typed_registration {
                 characteristics: Option<N::$chars>,
                 module: Arc<M>,
             ) -> Result<Self, Error> {
+                let typed = Arc::new($adapter::<N> { characteristics, registrar: registrar.clone(), module });
                 let mut instance = RegistrationInstance::new(N::ID, info.module_id, info.number)
-                    .with_characteristics(Arc::new(Typed::<N, N::$chars> { characteristics, _npi: PhantomData }));
+                    .with_characteristics(Arc::clone(&typed) as Arc<dyn Any + Send + Sync>);
                 instance.name = info.name;
-                let adapter = $adapter::<N, M> { module, registrar: registrar.clone(), _npi: PhantomData };
-                let handle = registrar.$reg(instance, Arc::new(adapter), |_| {})?;
+                let handle = registrar.$reg(instance, typed, |_| {})?;
                 Ok($name { registrar: Some(registrar.clone()), handle, live: true, _npi: PhantomData })
             }
 
@@ -976,7 +1039,7 @@ typed_registration!(
     ProviderRegistration,
     Provider,
     Provider,
-    ProviderAdapter,
+    ProviderTyped,
     ProviderCharacteristics,
     register_provider,
     deregister_provider,
@@ -986,7 +1049,7 @@ typed_registration!(
     ClientRegistration,
     Client,
     Client,
-    ClientAdapter,
+    ClientTyped,
     ClientCharacteristics,
     register_client,
     deregister_client,
