@@ -525,8 +525,9 @@ mod side {
     //! the per-side state that only the adapters touch.
     use super::{AnyCtx, Arc, Context};
     use std::any::Any;
-    use std::cell::UnsafeCell;
+    use std::cell::{Cell, UnsafeCell};
     use std::mem::{ManuallyDrop, MaybeUninit};
+    use std::ptr;
 
     /// Gives one strong reference of `a` to the registrar as a binding context; [`take`]
     /// gets it back exactly once.
@@ -552,13 +553,49 @@ mod side {
         ManuallyDrop::new(unsafe { Arc::from_raw(c.as_ptr().cast::<T>().cast_const()) })
     }
 
+    std::thread_local! {
+        /// The handoff of the innermost typed client attach in flight on this thread and not
+        /// yet claimed by its provider, or null.
+        static HANDOFF: Cell<*mut ()> = const { Cell::new(ptr::null_mut()) };
+    }
+
+    /// Restores the outer attach's handoff (or null) when an attach returns or unwinds.
+    struct Restore(*mut ());
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HANDOFF.set(self.0);
+        }
+    }
+
+    /// Runs `f` with `h` published as this thread's handoff in flight; `f` gets its address
+    /// as the dispatch context to pass to `NmrClientAttachProvider`.
+    pub(super) fn with_handoff<T, R>(h: &mut T, f: impl FnOnce(Context) -> R) -> R {
+        let p: *mut T = h;
+        let _restore = Restore(HANDOFF.replace(p.cast()));
+        f(Context::from_ptr(p))
+    }
+
+    /// The handoff behind a client dispatch context, claimed (at most once): `None` unless
+    /// `c` is the handoff published by [`with_handoff`] on this thread and not claimed yet.
+    /// So a context forged by a module calling `Registrar::client_attach_provider` itself
+    /// (a safe function) is refused rather than reinterpreted.
+    ///
     /// # Safety
-    /// `c` points to a live `T` that nothing else accesses for `'a` (a [`super::Handoff`]
-    /// on the stack of a typed client's `ClientAttach::attach`, which waits for the nested
-    /// provider attach).
-    pub(super) unsafe fn handoff<'a, T>(c: Context) -> &'a mut T {
-        // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
-        unsafe { &mut *c.as_ptr().cast::<T>() }
+    /// `T` is the type the publishing [`with_handoff`] was given. (The typed client attach
+    /// that publishes a `Handoff<N>` calls the registrar for its own binding, whose provider
+    /// it checked is typed for the same `N`, and no module code runs before that provider's
+    /// adapter claims it.)
+    pub(super) unsafe fn claim_handoff<'a, T>(c: Context) -> Option<&'a mut T> {
+        let p = c.as_ptr().cast::<()>();
+        if p.is_null() || HANDOFF.get() != p {
+            return None;
+        }
+        HANDOFF.set(ptr::null_mut());
+        // SAFETY: `p` is the published handoff: a live `T` (per the contract) on the stack
+        // of the `with_handoff` call still running below us, which does not touch it until
+        // `f` returns; claimed once, so this is the only reference.
+        Some(unsafe { &mut *p.cast::<T>() })
     }
 
     /// An `Arc` allocation whose address is known before its value: the client's core,
@@ -629,10 +666,12 @@ mod side {
 }
 
 /// The two dispatches of an attach, moved rather than cloned: the client's `attach` puts
-/// its dispatch here and passes the address as its dispatch context; the provider adapter,
-/// running nested inside that call, takes the client's dispatch for the binding it gives its
-/// module and leaves its module's dispatch in `provider`, which `attach` takes once
-/// `NmrClientAttachProvider` returns. Saves two reference-count updates per dispatch.
+/// its dispatch here, publishes it for this thread and passes its address as its dispatch
+/// context; the provider adapter, running nested inside that call, claims it (only the
+/// published handoff: see [`side::claim_handoff`]), takes the client's dispatch for the
+/// binding it gives its module and leaves its module's dispatch in `provider`, which
+/// `attach` takes once `NmrClientAttachProvider` returns. Saves two reference-count updates
+/// per dispatch.
 struct Handoff<N: Npi> {
     client: Option<Arc<N::ClientDispatch>>,
     provider: Option<Arc<N::ProviderDispatch>>,
@@ -683,11 +722,10 @@ impl<N: Npi> ClientAttach<'_, N> {
             client: Some(dispatch),
             provider: None,
         };
-        self.registrar.client_attach_provider(
-            self.handle,
-            self.side,
-            Context::from_ptr(&raw mut handoff),
-        )?;
+        side::with_handoff(&mut handoff, |dispatch| {
+            self.registrar
+                .client_attach_provider(self.handle, self.side, dispatch)
+        })?;
         // From here on nothing may fail: the registrar now holds `self.side` as the client's
         // context and hands it to the cleanup, so it must become an initialised core.
         // The adapter only calls the module when the provider is typed for `N`, and that
@@ -802,13 +840,10 @@ impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
         client_dispatch: Context,
     ) -> Result<ProviderAttachment, Status> {
         let t = typed_peer::<ClientTyped<N>>(client).ok_or(Status::NOINTERFACE)?;
-        if client_dispatch.is_null() {
-            return Err(Status::INVALID_PARAMETER);
-        }
-        // SAFETY: the client is typed for `N` (checked above), so its dispatch context points
-        // to the `Handoff<N>` on the stack of its `ClientAttach::attach`, which waits for this
-        // nested call and does not touch it meanwhile.
-        let handoff = unsafe { side::handoff::<Handoff<N>>(client_dispatch) };
+        // SAFETY: the client is typed for `N` (checked above), so a handoff its attach
+        // published is a `Handoff<N>`.
+        let handoff = unsafe { side::claim_handoff::<Handoff<N>>(client_dispatch) }
+            .ok_or(Status::INVALID_PARAMETER)?;
         let Some(client_dispatch) = handoff.client.take() else {
             return Err(Status::INVALID_PARAMETER);
         };

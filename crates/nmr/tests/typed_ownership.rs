@@ -2,7 +2,7 @@
 //! contexts, across refusals, retries, detach and cleanup.
 
 use nmr::typed::*;
-use nmr::{Guid, ModuleId, NpiId, Registrar, Status};
+use nmr::{Context, Guid, ModuleId, NpiId, Registrar, Status};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -228,5 +228,78 @@ fn a_provider_refusing_every_offer_keeps_nothing_and_no_cleanup_runs() {
     pr.unload();
     assert!(cli.cleaned.lock().unwrap().is_empty());
     assert!(prov.cleaned.lock().unwrap().is_empty());
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+/// A client that, instead of `ClientAttach::attach`, calls `Registrar::client_attach_provider`
+/// itself (a safe function) with a dispatch context of its own making.
+struct Forger {
+    nmr: Registrar,
+    result: Mutex<Option<Result<(), Status>>>,
+}
+
+impl Client<GetNpi> for Forger {
+    type BindingContext = ();
+    fn attach_provider(
+        &self,
+        _: &PeerInfo<'_, ()>,
+        attach: &mut ClientAttach<'_, GetNpi>,
+    ) -> Result<(), Declined> {
+        let v: Arc<dyn Get> = Arc::new(Val(9));
+        // Shaped like what a typed provider might expect behind a client's dispatch
+        // context (dispatch slots of the NPI's types), so reinterpreting it "works".
+        let mut forged: [Option<Arc<dyn Get>>; 2] = [Some(Arc::clone(&v)), Some(v)];
+        let r = self
+            .nmr
+            .client_attach_provider(
+                attach.handle(),
+                Context::NULL,
+                Context::from_ptr(&raw mut forged),
+            )
+            .map(|_| ());
+        *self.result.lock().unwrap() = Some(r);
+        Err(Declined::no_interface())
+    }
+}
+
+#[test]
+fn a_typed_provider_refuses_a_dispatch_context_a_module_forged() {
+    let r = Registrar::new();
+    let live = Arc::new(AtomicUsize::new(0));
+    let prov = Arc::new(Prov {
+        dispatch: Arc::new(Val(7)),
+        refuse: AtomicUsize::new(0),
+        seen: Mutex::default(),
+        kept: Mutex::default(),
+        live: Arc::clone(&live),
+        cleaned: Mutex::default(),
+    });
+    let pr = ProviderRegistration::<GetNpi>::register(&r, module(1), None, prov.clone()).unwrap();
+    let forger = Arc::new(Forger {
+        nmr: r.clone(),
+        result: Mutex::default(),
+    });
+    ClientRegistration::<GetNpi>::register(&r, module(2), None, forger.clone())
+        .unwrap()
+        .unload();
+    assert_eq!(
+        *forger.result.lock().unwrap(),
+        Some(Err(Status::INVALID_PARAMETER))
+    );
+    assert!(
+        prov.seen.lock().unwrap().is_empty(),
+        "the provider module never saw the forged attach"
+    );
+    // A real typed attach on the same thread still goes through.
+    let cli = Arc::new(Cli {
+        offers: vec![Arc::new(Val(2))],
+        kept: Mutex::default(),
+        live: Arc::clone(&live),
+        cleaned: Mutex::default(),
+    });
+    let cr = ClientRegistration::<GetNpi>::register(&r, module(3), None, cli.clone()).unwrap();
+    assert_eq!(*prov.seen.lock().unwrap(), [2]);
+    cr.unload();
+    pr.unload();
     assert_eq!(live.load(Ordering::SeqCst), 0);
 }
