@@ -370,6 +370,28 @@ impl BindingMachine {
         }
     }
 
+    /// One thread ran both detach callbacks, both answered done, and that thread then ran
+    /// both cleanups before telling the machine anything. Returns `true` (the binding is
+    /// `Gone`) when both sides were still being notified; `false` (nothing changes) otherwise.
+    ///
+    /// Running the cleanups first is sound because, while both sides are notifying, only the
+    /// thread that notifies them can move the binding on: a completion arriving meanwhile
+    /// ([`complete`](Self::complete)) only marks its side, and a side that answered done is
+    /// done whatever else arrived. So the cleanups that thread ran are the binding's only
+    /// ones, and they ran after both sides finished detaching.
+    pub fn detached_and_cleaned_up(&mut self) -> bool {
+        if let BindingState::Detaching {
+            client: SideState::Notifying { .. },
+            provider: SideState::Notifying { .. },
+        } = self.state
+        {
+            self.state = BindingState::Gone;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Both cleanup callbacks returned. Returns `true` on the transition to `Gone`.
     pub fn cleanups_returned(&mut self) -> bool {
         if self.state == BindingState::CleaningUp {
@@ -554,6 +576,40 @@ mod tests {
         assert_eq!(m.detach_returned(Side::Provider, false), Next::Wait);
         assert!(m.cleanups_returned());
         assert!(!m.cleanups_returned());
+    }
+
+    #[test]
+    fn both_done_on_the_notifying_thread_goes_straight_to_gone() {
+        let mut m = detaching();
+        assert!(m.detached_and_cleaned_up());
+        assert_eq!(m.state(), BindingState::Gone);
+        assert!(!m.detached_and_cleaned_up());
+        assert!(!m.cleanups_returned());
+    }
+
+    #[test]
+    fn a_completion_arriving_while_both_notify_does_not_stop_the_shortcut() {
+        // A (mistaken) completion for a side that is about to answer done only marks it.
+        let mut m = detaching();
+        assert_eq!(m.complete(Side::Provider), Ok(Next::Wait));
+        assert!(m.detached_and_cleaned_up());
+    }
+
+    #[test]
+    fn the_shortcut_is_refused_once_a_side_answered() {
+        let mut m = detaching();
+        assert_eq!(m.detach_returned(Side::Client, true), Next::Wait);
+        assert!(!m.detached_and_cleaned_up());
+        assert_eq!(
+            m.state(),
+            BindingState::Detaching {
+                client: Pending,
+                provider: Notifying { completed: false }
+            }
+        );
+        let mut m = attached();
+        assert!(!m.detached_and_cleaned_up());
+        assert!(m.is_attached());
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod bench;
 pub mod binding;
 mod handle;
 mod ids;
+mod npis;
 mod registrar;
 pub mod rundown;
 mod status;

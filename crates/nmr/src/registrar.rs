@@ -11,10 +11,10 @@ use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
 };
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
+use crate::npis::NpiIndex;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -318,7 +318,8 @@ struct Reg {
     deregistering: bool,
     /// Live bindings (attaching through cleaning up), by slab index.
     bindings: smallvec::SmallVec<[u32; 4]>,
-    /// Position in the NPI index while active.
+    /// Its NPI's slot in the NPI index, and its position in the slot's list while active.
+    npi_slot: u32,
     npi_pos: usize,
     waiters: u32,
 }
@@ -335,27 +336,10 @@ struct Bind {
     provider_dispatch: Context,
 }
 
-#[derive(Default)]
-struct NpiEntry {
-    clients: Vec<u32>,
-    providers: Vec<u32>,
-}
-
-impl NpiEntry {
-    fn list(&mut self, role: Role) -> &mut Vec<u32> {
-        match role {
-            Role::Client => &mut self.clients,
-            Role::Provider => &mut self.providers,
-        }
-    }
-}
-
 struct Registry {
     regs: Slab<Reg>,
     bindings: Slab<Bind>,
-    /// A B-tree rather than a hash map: few NPIs, and no interior pointers that leak
-    /// checkers report as "possibly lost" in the process-wide registrar.
-    npis: BTreeMap<NpiId, NpiEntry>,
+    npis: NpiIndex,
 }
 
 struct Inner {
@@ -501,7 +485,7 @@ impl Registrar {
                 registry: Mutex::new(Registry {
                     regs: Slab::new(),
                     bindings: Slab::new(),
-                    npis: BTreeMap::new(),
+                    npis: NpiIndex::default(),
                 }),
                 drained: Condvar::new(),
             }),
@@ -573,7 +557,8 @@ impl Registrar {
         let (handle, first) = {
             let mut guard = sync::lock(&self.inner.registry);
             let r = &mut *guard;
-            let entry = r.npis.entry(npi).or_default();
+            let npi_slot = r.npis.slot_for(npi);
+            let entry = r.npis.entry(npi_slot);
             let npi_pos = entry.list(role).len();
             let reg = Reg {
                 role,
@@ -581,16 +566,13 @@ impl Registrar {
                 callbacks,
                 deregistering: false,
                 bindings: smallvec::SmallVec::new(),
+                npi_slot,
                 npi_pos,
                 waiters: 0,
             };
             let id = r.regs.insert(reg)?;
             entry.list(role).push(id.index);
-            let peers = match role {
-                Role::Client => &entry.providers,
-                Role::Provider => &entry.clients,
-            };
-            for &peer in peers {
+            for &peer in entry.peers(role) {
                 let (client, provider) = match role {
                     Role::Client => (id.index, peer),
                     Role::Provider => (peer, id.index),
@@ -857,44 +839,75 @@ impl Registrar {
     }
 
     /// [`run_detach`](Self::run_detach) with the binding's [`side_calls`](Self::side_calls)
-    /// already read. Until this notifies a side, that side cannot finish detaching, so the
-    /// binding stays live (and `calls` valid) throughout.
+    /// already read. Until this records a side's answer, that side cannot finish detaching,
+    /// so the binding stays live (and `calls` valid) throughout.
+    ///
+    /// Both sides are notified one after the other and their answers recorded in one lock
+    /// section; when both answer done, the cleanups run first and the same section retires
+    /// the binding (see [`BindingMachine::detached_and_cleaned_up`]).
     fn run_detach_with(&self, b: u32, both: bool, calls: &SideCalls) {
-        let sides: &[Side] = if both {
-            &[Side::Client, Side::Provider]
-        } else {
-            &[Side::Provider]
-        };
-        let bh = calls.binding;
-        for &side in sides {
-            let SideCall { reg, cb, ctx } = match side {
-                Side::Client => calls.sides[0],
-                Side::Provider => calls.sides[1],
-            };
-            tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %bh, ?side,
-                registration = %RegistrationHandle(reg));
-            let status = invoke(reg, "detach", || match cb {
-                // SAFETY: this side of binding `b` is being notified, so the binding cannot
-                // finish detaching and stays in its registrations' lists (see `live`).
-                LiveCallbacks::Client(c) => unsafe { c.get() }.detach_provider(ctx),
-                // SAFETY: as above.
-                LiveCallbacks::Provider(p) => unsafe { p.get() }.detach_client(ctx),
-            })
-            .unwrap_or(DetachStatus::Done);
-            tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %bh, ?side,
-                registration = %RegistrationHandle(reg), ?status);
-            let next = {
-                let mut guard = sync::lock(&self.inner.registry);
-                guard
-                    .bindings
-                    .at_mut(b)
-                    .machine
-                    .detach_returned(side, status == DetachStatus::Pending)
-            };
+        if !both {
+            let status = Self::notify_detach(Side::Provider, calls);
+            let next = sync::lock(&self.inner.registry)
+                .bindings
+                .at_mut(b)
+                .machine
+                .detach_returned(Side::Provider, status == DetachStatus::Pending);
             if next == Next::RunCleanups {
                 self.run_cleanups_with(b, calls);
             }
+            return;
         }
+        let client = Self::notify_detach(Side::Client, calls);
+        let provider = Self::notify_detach(Side::Provider, calls);
+        if client == DetachStatus::Done && provider == DetachStatus::Done {
+            Self::call_cleanups(calls);
+            let mut guard = sync::lock(&self.inner.registry);
+            let r = &mut *guard;
+            let gone = r.bindings.at_mut(b).machine.detached_and_cleaned_up();
+            debug_assert!(
+                gone,
+                "another thread moved a binding whose sides were notifying"
+            );
+            self.retire_binding(r, b);
+            return;
+        }
+        let next = {
+            let mut guard = sync::lock(&self.inner.registry);
+            let machine = &mut guard.bindings.at_mut(b).machine;
+            let first = machine.detach_returned(Side::Client, client == DetachStatus::Pending);
+            debug_assert_eq!(
+                first,
+                Next::Wait,
+                "the provider's answer is not recorded yet"
+            );
+            machine.detach_returned(Side::Provider, provider == DetachStatus::Pending)
+        };
+        if next == Next::RunCleanups {
+            self.run_cleanups_with(b, calls);
+        }
+    }
+
+    /// Calls one side's detach callback of a binding whose answer for that side is not
+    /// recorded yet (so the binding stays in its registrations' lists).
+    fn notify_detach(side: Side, calls: &SideCalls) -> DetachStatus {
+        let SideCall { reg, cb, ctx } = match side {
+            Side::Client => calls.sides[0],
+            Side::Provider => calls.sides[1],
+        };
+        tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %calls.binding, ?side,
+            registration = %RegistrationHandle(reg));
+        let status = invoke(reg, "detach", || match cb {
+            // SAFETY: this side of the binding is being notified, so the binding cannot
+            // finish detaching and stays in its registrations' lists (see `live`).
+            LiveCallbacks::Client(c) => unsafe { c.get() }.detach_provider(ctx),
+            // SAFETY: as above.
+            LiveCallbacks::Provider(p) => unsafe { p.get() }.detach_client(ctx),
+        })
+        .unwrap_or(DetachStatus::Done);
+        tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %calls.binding, ?side,
+            registration = %RegistrationHandle(reg), ?status);
+        status
     }
 
     fn run_cleanups(&self, b: u32) {
@@ -905,10 +918,20 @@ impl Registrar {
     /// Runs both cleanups of binding `b`, which just entered `CleaningUp` (so only this
     /// thread touches it until it is retired below), and retires it.
     fn run_cleanups_with(&self, b: u32, calls: &SideCalls) {
+        Self::call_cleanups(calls);
+        let mut guard = sync::lock(&self.inner.registry);
+        let r = &mut *guard;
+        let gone = r.bindings.at_mut(b).machine.cleanups_returned();
+        debug_assert!(gone, "cleanups ran twice");
+        self.retire_binding(r, b);
+    }
+
+    /// Calls both cleanup callbacks of a binding that only this thread may retire.
+    fn call_cleanups(calls: &SideCalls) {
         for &SideCall { reg, cb, ctx } in &calls.sides {
             invoke(reg, "cleanup", || match cb {
-                // SAFETY: binding `b` is cleaning up and is retired only below, so it stays
-                // in its registrations' lists (see `live`).
+                // SAFETY: only the caller retires the binding, after this returns, so it
+                // stays in its registrations' lists (see `live`).
                 LiveCallbacks::Client(c) => unsafe { c.get() }.cleanup_binding_context(ctx),
                 // SAFETY: as above.
                 LiveCallbacks::Provider(p) => unsafe { p.get() }.cleanup_binding_context(ctx),
@@ -916,11 +939,6 @@ impl Registrar {
         }
         tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %calls.binding,
             client = %RegistrationHandle(calls.sides[0].reg), provider = %RegistrationHandle(calls.sides[1].reg));
-        let mut guard = sync::lock(&self.inner.registry);
-        let r = &mut *guard;
-        let gone = r.bindings.at_mut(b).machine.cleanups_returned();
-        debug_assert!(gone, "cleanups ran twice");
-        self.retire_binding(r, b);
     }
 
     /// Removes a discarded or gone binding from both registrations and wakes waiters whose
@@ -1007,18 +1025,14 @@ impl Registrar {
             }
             reg.deregistering = true;
             let npi = reg.instance.npi_id;
-            let pos = reg.npi_pos;
+            let (slot, pos) = (reg.npi_slot, reg.npi_pos);
             // Leave the NPI index: no new bindings form (G2).
-            if let Some(entry) = r.npis.get_mut(&npi) {
-                let list = entry.list(role);
-                list.swap_remove(pos);
-                if let Some(&moved) = list.get(pos) {
-                    r.regs.at_mut(moved).npi_pos = pos;
-                }
-                if entry.clients.is_empty() && entry.providers.is_empty() {
-                    r.npis.remove(&npi);
-                }
+            let list = r.npis.entry(slot).list(role);
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos) {
+                r.regs.at_mut(moved).npi_pos = pos;
             }
+            r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
