@@ -677,6 +677,14 @@ struct Handoff<N: Npi> {
     provider: Option<Arc<N::ProviderDispatch>>,
 }
 
+/// A typed-layer invariant failed where unwinding would leave the registrar with a
+/// dangling context: abort rather than risk a use after free.
+#[cold]
+fn broken_invariant(what: &str) -> ! {
+    tracing::error!(target: "nmr", "typed layer invariant broken: {what}; aborting");
+    std::process::abort()
+}
+
 /// The client's core before its attach succeeds: the allocation (its address is the
 /// client's binding context) and the rundown, made up front so that nothing can fail
 /// between the provider's acceptance and the core's initialisation.
@@ -733,7 +741,8 @@ impl<N: Npi> ClientAttach<'_, N> {
         let (Some(provider_dispatch), Some(pending)) =
             (handoff.provider.take(), self.pending.take())
         else {
-            unreachable!("a typed provider that accepted left its dispatch; checked pending above")
+            // Unwinding would free the allocation the registrar's context points to.
+            broken_invariant("a typed provider accepted without leaving its dispatch")
         };
         let core = pending.late.init(BindingCore::new(
             pending.rundown,
