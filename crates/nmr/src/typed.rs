@@ -605,7 +605,8 @@ mod side {
 
     impl<T> Late<T> {
         pub(super) fn new() -> Self {
-            Late(Arc::new_uninit())
+            // Not `Arc::new_uninit`, which computes the layout at run time.
+            Late(Arc::new(MaybeUninit::uninit()))
         }
 
         /// Where the value will be ([`into_context`] of [`init`](Self::init)'s result).
