@@ -56,6 +56,7 @@ use crate::registrar::{
 use crate::rundown::{DrainRef, HoldsRundown, OwnedRundownGuard, Rundown, RundownGuard};
 use crate::sync::Arc;
 use crate::{BindingHandle, Error, ModuleId, NpiId, Registrar, RegistrationHandle, Status};
+use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -158,12 +159,28 @@ impl Declined {
 #[error("the binding is detaching or detached")]
 pub struct Detached;
 
-/// One allocation per binding direction: the rundown is embedded (owned guards and the
-/// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less.
+/// One allocation per binding direction. The rundown is embedded (owned guards and the
+/// detach's `DrainRef` keep the whole core alive), so a call chases one pointer less. The
+/// core is also the registrar-level binding context of the side that calls through it
+/// (one strong reference travels as the context, from the attach to the cleanup), and it
+/// holds that side's module context, type-erased so `Binding<D>` stays one thin pointer
+/// (a zero-sized module context costs no allocation).
 struct BindingCore<D: ?Sized> {
     rundown: Rundown,
     handle: BindingHandle,
     dispatch: Arc<D>,
+    ctx: side::CtxCell,
+}
+
+impl<D: ?Sized> BindingCore<D> {
+    fn new(rundown: Rundown, dispatch: Arc<D>, handle: BindingHandle) -> Self {
+        BindingCore {
+            rundown,
+            handle,
+            dispatch,
+            ctx: side::CtxCell::empty(),
+        }
+    }
 }
 
 impl<D: ?Sized + Send + Sync + 'static> HoldsRundown for BindingCore<D> {
@@ -198,16 +215,6 @@ impl<D: ?Sized> fmt::Debug for Binding<D> {
 }
 
 impl<D: ?Sized> Binding<D> {
-    fn new(dispatch: Arc<D>, handle: BindingHandle) -> Self {
-        Binding {
-            core: Arc::new(BindingCore {
-                rundown: Rundown::new(),
-                handle,
-                dispatch,
-            }),
-        }
-    }
-
     /// Calls the peer through the binding.
     ///
     /// # Errors
@@ -377,26 +384,108 @@ pub trait Client<N: Npi>: Send + Sync + 'static {
     }
 }
 
-/// Marks a registration instance as registered through the typed layer for NPI `N`, so a
-/// peer only ever reinterprets dispatch pointers that really are of `N`'s types.
-struct Typed<N: Npi, C> {
-    characteristics: Option<C>,
-    _npi: PhantomData<fn() -> N>,
+/// A module's binding context, type-erased so the per-registration object (and so what a
+/// peer checks) does not depend on the module's type.
+type AnyCtx = Box<dyn Any + Send + Sync>;
+
+/// [`Client`] with the binding context erased, so one registration object type per NPI
+/// serves every client module of it.
+trait ErasedClient<N: Npi>: Send + Sync + 'static {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, N>,
+    ) -> Result<AnyCtx, Declined>;
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold);
+    fn cleanup(&self, ctx: AnyCtx);
 }
 
-fn typed_chars<N: Npi, C: 'static>(i: &RegistrationInstance) -> Option<&Typed<N, C>> {
-    i.characteristics.as_deref()?.downcast_ref::<Typed<N, C>>()
+impl<N: Npi, C: Client<N>> ErasedClient<N> for C {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ProviderCharacteristics>,
+        attach: &mut ClientAttach<'_, N>,
+    ) -> Result<AnyCtx, Declined> {
+        // A zero-sized context boxes without allocating.
+        Client::<N>::attach_provider(self, peer, attach).map(|c| Box::new(c) as AnyCtx)
+    }
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold) {
+        match ctx.and_then(|c| c.downcast_ref::<C::BindingContext>()) {
+            Some(ctx) => Client::<N>::detach_provider(self, ctx, hold),
+            None => drop(hold),
+        }
+    }
+    fn cleanup(&self, ctx: AnyCtx) {
+        if let Ok(ctx) = ctx.downcast::<C::BindingContext>() {
+            Client::<N>::cleanup_binding(self, *ctx);
+        }
+    }
 }
 
-fn peer_info<'a, N: Npi, C: 'static>(
+/// [`Provider`] with the binding context erased (see [`ErasedClient`]).
+trait ErasedProvider<N: Npi>: Send + Sync + 'static {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ClientCharacteristics>,
+        client: Binding<N::ClientDispatch>,
+    ) -> Result<(AnyCtx, Arc<N::ProviderDispatch>), Declined>;
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold);
+    fn cleanup(&self, ctx: AnyCtx);
+}
+
+impl<N: Npi, P: Provider<N>> ErasedProvider<N> for P {
+    fn attach(
+        &self,
+        peer: &PeerInfo<'_, N::ClientCharacteristics>,
+        client: Binding<N::ClientDispatch>,
+    ) -> Result<(AnyCtx, Arc<N::ProviderDispatch>), Declined> {
+        Provider::<N>::attach_client(self, peer, client).map(|(c, d)| (Box::new(c) as AnyCtx, d))
+    }
+    fn detach(&self, ctx: Option<&(dyn Any + Send + Sync)>, hold: DetachHold) {
+        match ctx.and_then(|c| c.downcast_ref::<P::BindingContext>()) {
+            Some(ctx) => Provider::<N>::detach_client(self, ctx, hold),
+            None => drop(hold),
+        }
+    }
+    fn cleanup(&self, ctx: AnyCtx) {
+        if let Ok(ctx) = ctx.downcast::<P::BindingContext>() {
+            Provider::<N>::cleanup_binding(self, *ctx);
+        }
+    }
+}
+
+/// A typed client registration of NPI `N`, in one allocation that the registrar holds twice:
+/// as the registration's callbacks, and as its instance's characteristics, which is how a
+/// peer knows the registration is a typed client of `N` (a downcast to this exact type), so
+/// it only ever reinterprets dispatch contexts that really are of `N`'s types.
+struct ClientTyped<N: Npi> {
+    characteristics: Option<N::ClientCharacteristics>,
+    registrar: Registrar,
+    module: Arc<dyn ErasedClient<N>>,
+}
+
+/// A typed provider registration of NPI `N` (see [`ClientTyped`]).
+struct ProviderTyped<N: Npi> {
+    characteristics: Option<N::ProviderCharacteristics>,
+    registrar: Registrar,
+    module: Arc<dyn ErasedProvider<N>>,
+}
+
+/// The peer's registration object, if it is a `T` (a typed registration of the right role
+/// and NPI type).
+fn typed_peer<T: 'static>(i: &RegistrationInstance) -> Option<&T> {
+    i.characteristics.as_deref()?.downcast_ref::<T>()
+}
+
+fn peer_info<'a, C>(
     i: &'a RegistrationInstance,
-    t: &'a Typed<N, C>,
+    characteristics: Option<&'a C>,
 ) -> PeerInfo<'a, C> {
     PeerInfo {
         module_id: i.module_id,
         number: i.number,
         name: i.name.as_deref(),
-        characteristics: t.characteristics.as_ref(),
+        characteristics,
     }
 }
 
@@ -431,80 +520,195 @@ fn detach_side<D: ?Sized + Send + Sync + 'static, F: FnOnce() + Send + 'static>(
     }
 }
 
-mod raw {
-    //! The only place the typed layer turns registrar contexts back into Rust objects.
-    use super::{Arc, Context};
+mod side {
+    //! The only place the typed layer turns registrar contexts back into Rust objects, and
+    //! the per-side state that only the adapters touch.
+    use super::{AnyCtx, Arc, Context};
+    use std::any::Any;
+    use std::cell::{Cell, UnsafeCell};
+    use std::mem::{ManuallyDrop, MaybeUninit};
+    use std::ptr;
 
-    /// Moves `b` into a context; [`take`] gets it back exactly once.
-    pub(super) fn into_context<T>(b: Box<T>) -> Context {
-        Context::from_ptr(Box::into_raw(b))
+    /// Gives one strong reference of `a` to the registrar as a binding context; [`take`]
+    /// gets it back exactly once.
+    pub(super) fn into_context<T>(a: Arc<T>) -> Context {
+        Context::from_ptr(Arc::into_raw(a))
     }
 
     /// # Safety
     /// `c` came from [`into_context::<T>`] and is taken at most once.
-    pub(super) unsafe fn take<T>(c: Context) -> Box<T> {
-        // SAFETY: per the contract, `c` is a leaked `Box<T>` not yet reclaimed.
-        unsafe { Box::from_raw(c.as_ptr().cast::<T>()) }
+    pub(super) unsafe fn take<T>(c: Context) -> Arc<T> {
+        // SAFETY: per the contract, `c` carries a strong reference not yet reclaimed.
+        unsafe { Arc::from_raw(c.as_ptr().cast::<T>().cast_const()) }
     }
 
+    /// The `Arc` behind a context, without taking the context's reference (hence
+    /// `ManuallyDrop`).
+    ///
     /// # Safety
-    /// `c` came from [`into_context::<T>`] and has not been taken yet, and stays so for `'a`.
-    pub(super) unsafe fn borrow<'a, T>(c: Context) -> &'a T {
-        // SAFETY: per the contract, `c` points to a live `T`.
-        unsafe { &*c.as_ptr().cast::<T>().cast_const() }
+    /// `c` came from [`into_context::<T>`] and is not taken while the result lives.
+    pub(super) unsafe fn borrow<T>(c: Context) -> ManuallyDrop<Arc<T>> {
+        // SAFETY: per the contract, the context's reference keeps the value alive, and
+        // `ManuallyDrop` never releases that reference.
+        ManuallyDrop::new(unsafe { Arc::from_raw(c.as_ptr().cast::<T>().cast_const()) })
     }
 
-    /// # Safety
-    /// `c` came from [`into_context::<T>`], has not been taken, and nothing else accesses it
-    /// for `'a`.
-    pub(super) unsafe fn borrow_mut<'a, T>(c: Context) -> &'a mut T {
-        // SAFETY: per the contract, `c` points to a live `T` accessed only through this reference.
-        unsafe { &mut *c.as_ptr().cast::<T>() }
+    std::thread_local! {
+        /// The handoff of the innermost typed client attach in flight on this thread and not
+        /// yet claimed by its provider, or null.
+        static HANDOFF: Cell<*mut ()> = const { Cell::new(ptr::null_mut()) };
     }
 
+    /// Restores the outer attach's handoff (or null) when an attach returns or unwinds.
+    struct Restore(*mut ());
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HANDOFF.set(self.0);
+        }
+    }
+
+    /// Runs `f` with `h` published as this thread's handoff in flight; `f` gets its address
+    /// as the dispatch context to pass to `NmrClientAttachProvider`.
+    pub(super) fn with_handoff<T, R>(h: &mut T, f: impl FnOnce(Context) -> R) -> R {
+        let p: *mut T = h;
+        let _restore = Restore(HANDOFF.replace(p.cast()));
+        f(Context::from_ptr(p))
+    }
+
+    /// The handoff behind a client dispatch context, claimed (at most once): `None` unless
+    /// `c` is the handoff published by [`with_handoff`] on this thread and not claimed yet.
+    /// So a context forged by a module calling `Registrar::client_attach_provider` itself
+    /// (a safe function) is refused rather than reinterpreted.
+    ///
     /// # Safety
-    /// `c` points to a live `Arc<D>` (a dispatch handed over by a typed peer of the same NPI).
-    pub(super) unsafe fn clone_dispatch<D: ?Sized>(c: Context) -> Arc<D> {
-        // SAFETY: per the contract, `c` points to a live `Arc<D>`; cloning only bumps its count.
-        Arc::clone(unsafe { &*c.as_ptr().cast::<Arc<D>>().cast_const() })
+    /// `T` is the type the publishing [`with_handoff`] was given. (The typed client attach
+    /// that publishes a `Handoff<N>` calls the registrar for its own binding, whose provider
+    /// it checked is typed for the same `N`, and no module code runs before that provider's
+    /// adapter claims it.)
+    pub(super) unsafe fn claim_handoff<'a, T>(c: Context) -> Option<&'a mut T> {
+        let p = c.as_ptr().cast::<()>();
+        if p.is_null() || HANDOFF.get() != p {
+            return None;
+        }
+        HANDOFF.set(ptr::null_mut());
+        // SAFETY: `p` is the published handoff: a live `T` (per the contract) on the stack
+        // of the `with_handoff` call still running below us, which does not touch it until
+        // `f` returns; claimed once, so this is the only reference.
+        Some(unsafe { &mut *p.cast::<T>() })
+    }
+
+    /// An `Arc` allocation whose address is known before its value: the client's core,
+    /// whose address must be its binding context before the provider (and so the dispatch
+    /// the core holds) is known.
+    pub(super) struct Late<T>(Arc<MaybeUninit<T>>);
+
+    impl<T> Late<T> {
+        pub(super) fn new() -> Self {
+            // Not `Arc::new_uninit`, which computes the layout at run time.
+            Late(Arc::new(MaybeUninit::uninit()))
+        }
+
+        /// Where the value will be ([`into_context`] of [`init`](Self::init)'s result).
+        pub(super) fn context(&self) -> Context {
+            Context::from_ptr(Arc::as_ptr(&self.0).cast::<T>())
+        }
+
+        pub(super) fn init(self, value: T) -> Arc<T> {
+            // Not `Arc::get_mut`, whose uniqueness check is a locked read-modify-write.
+            let slot = Arc::as_ptr(&self.0).cast_mut();
+            // SAFETY: a `Late` is never cloned, so this `Arc` is the only reference to the
+            // allocation and nothing borrows its contents; `Arc::as_ptr` keeps the
+            // allocation's (writable) provenance, as `Arc::get_mut_unchecked` does.
+            unsafe { slot.write(MaybeUninit::new(value)) };
+            // SAFETY: written just above.
+            unsafe { self.0.assume_init() }
+        }
+    }
+
+    /// A side's module binding context: set once when its attach succeeds, lent to its
+    /// detach hook, taken by its cleanup.
+    pub(super) struct CtxCell(UnsafeCell<Option<Box<dyn Any + Send + Sync>>>);
+
+    // SAFETY: the cell is reached only through the unsafe methods below, which only the
+    // adapters call, in the callbacks of the side that owns the core, and the registrar
+    // orders those: the attach returns before a detach starts (G5), a side's detach
+    // callback returns before the cleanups start, and each callback happens after the
+    // previous one through the registrar's lock. So accesses never overlap. Other holders
+    // of the core (bindings, guards, drain references) never touch it.
+    unsafe impl Sync for CtxCell {}
+
+    impl CtxCell {
+        pub(super) const fn empty() -> Self {
+            CtxCell(UnsafeCell::new(None))
+        }
+
+        /// # Safety
+        /// No other access to the cell overlaps this one.
+        pub(super) unsafe fn set(&self, ctx: AnyCtx) {
+            // SAFETY: per the contract, this is the only access.
+            unsafe { *self.0.get() = Some(ctx) };
+        }
+
+        /// # Safety
+        /// No [`set`](Self::set) or [`take`](Self::take) overlaps the returned borrow.
+        pub(super) unsafe fn get(&self) -> Option<&(dyn Any + Send + Sync)> {
+            // SAFETY: per the contract, nothing writes the cell while the borrow lives.
+            unsafe { &*self.0.get() }.as_deref()
+        }
+
+        /// # Safety
+        /// No other access to the cell overlaps this one.
+        pub(super) unsafe fn take(&self) -> Option<AnyCtx> {
+            // SAFETY: per the contract, this is the only access.
+            unsafe { &mut *self.0.get() }.take()
+        }
     }
 }
 
-struct ProviderSide<N: Npi, Ctx> {
-    binding: Binding<N::ClientDispatch>,
-    ctx: Option<Ctx>,
-    dispatch: Arc<N::ProviderDispatch>,
+/// The two dispatches of an attach, moved rather than cloned: the client's `attach` puts
+/// its dispatch here, publishes it for this thread and passes its address as its dispatch
+/// context; the provider adapter, running nested inside that call, claims it (only the
+/// published handoff: see [`side::claim_handoff`]), takes the client's dispatch for the
+/// binding it gives its module and leaves its module's dispatch in `provider`, which
+/// `attach` takes once `NmrClientAttachProvider` returns. Saves two reference-count updates
+/// per dispatch.
+struct Handoff<N: Npi> {
+    client: Option<Arc<N::ClientDispatch>>,
+    provider: Option<Arc<N::ProviderDispatch>>,
 }
 
-/// The client's per-binding box, the registrar-level client binding context.
-struct ClientBox<N: Npi, Ctx> {
-    binding: Option<Binding<N::ProviderDispatch>>,
-    ctx: Option<Ctx>,
+/// A typed-layer invariant failed where unwinding would leave the registrar with a
+/// dangling context: abort rather than risk a use after free.
+#[cold]
+fn broken_invariant(what: &str) -> ! {
+    tracing::error!(target: "nmr", "typed layer invariant broken: {what}; aborting");
+    std::process::abort()
 }
 
-/// Stores the binding into a `ClientBox<N, Ctx>` known only by its context.
-fn store_binding<N: Npi, Ctx>(c: Context, binding: Binding<N::ProviderDispatch>) {
-    // SAFETY: `c` is the live `ClientBox<N, Ctx>` the adapter made for this attach; only the
-    // attaching thread touches it until the attach callback returns (detach cannot start
-    // before that, G5).
-    let b = unsafe { raw::borrow_mut::<ClientBox<N, Ctx>>(c) };
-    b.binding = Some(binding);
+/// The client's core before its attach succeeds: the allocation (its address is the
+/// client's binding context) and the rundown, made up front so that nothing can fail
+/// between the provider's acceptance and the core's initialisation.
+struct PendingCore<D: ?Sized> {
+    late: side::Late<BindingCore<D>>,
+    rundown: Rundown,
 }
 
 /// The attach in progress, handed to [`Client::attach_provider`].
 pub struct ClientAttach<'a, N: Npi> {
     registrar: &'a Registrar,
     handle: BindingHandle,
+    /// The client's binding context: where the core will be.
     side: Context,
-    store: fn(Context, Binding<N::ProviderDispatch>),
-    attached: bool,
+    /// `None` once an attach succeeded.
+    pending: Option<PendingCore<N::ProviderDispatch>>,
 }
 
 impl<N: Npi> fmt::Debug for ClientAttach<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientAttach")
             .field("binding", &self.handle)
-            .field("attached", &self.attached)
+            .field("attached", &self.pending.is_none())
             .finish()
     }
 }
@@ -520,21 +724,37 @@ impl<N: Npi> ClientAttach<'_, N> {
         &mut self,
         dispatch: Arc<N::ClientDispatch>,
     ) -> Result<Binding<N::ProviderDispatch>, Status> {
-        if self.attached {
+        if self.pending.is_none() {
             return Err(Error::AlreadyAttached.status());
         }
-        let a = self.registrar.client_attach_provider(
+        let mut handoff = Handoff::<N> {
+            client: Some(dispatch),
+            provider: None,
+        };
+        side::with_handoff(&mut handoff, |dispatch| {
+            self.registrar
+                .client_attach_provider(self.handle, self.side, dispatch)
+        })?;
+        // From here on nothing may fail: the registrar now holds `self.side` as the client's
+        // context and hands it to the cleanup, so it must become an initialised core.
+        // The adapter only calls the module when the provider is typed for `N`, and that
+        // provider's adapter leaves its dispatch in the handoff when it accepts.
+        let (Some(provider_dispatch), Some(pending)) =
+            (handoff.provider.take(), self.pending.take())
+        else {
+            // Unwinding would free the allocation the registrar's context points to.
+            broken_invariant("a typed provider accepted without leaving its dispatch")
+        };
+        let core = pending.late.init(BindingCore::new(
+            pending.rundown,
+            provider_dispatch,
             self.handle,
-            self.side,
-            Context::from_ptr(&raw const dispatch),
-        )?;
-        // SAFETY: the adapter only calls the module when the provider is typed for `N`, so
-        // `a.dispatch` points to that provider's `Arc<N::ProviderDispatch>`, alive while the
-        // binding is.
-        let provider_dispatch = unsafe { raw::clone_dispatch::<N::ProviderDispatch>(a.dispatch) };
-        let binding = Binding::new(provider_dispatch, self.handle);
-        (self.store)(self.side, binding.clone());
-        self.attached = true;
+        ));
+        let binding = Binding {
+            core: Arc::clone(&core),
+        };
+        let context = side::into_context(core);
+        debug_assert_eq!(context, self.side);
         Ok(binding)
     }
 
@@ -545,63 +765,57 @@ impl<N: Npi> ClientAttach<'_, N> {
     }
 }
 
-struct ClientAdapter<N: Npi, C: Client<N>> {
-    module: Arc<C>,
-    registrar: Registrar,
-    _npi: PhantomData<fn() -> N>,
-}
-
-impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
+impl<N: Npi> ClientCallbacks for ClientTyped<N> {
     fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status {
-        let Some(t) = typed_chars::<N, N::ProviderCharacteristics>(provider) else {
+        let Some(t) = typed_peer::<ProviderTyped<N>>(provider) else {
             return Status::NOINTERFACE;
         };
-        let peer = peer_info(provider, t);
-        let side = raw::into_context(Box::new(ClientBox::<N, C::BindingContext> {
-            binding: None,
-            ctx: None,
-        }));
+        let peer = peer_info(provider, t.characteristics.as_ref());
+        let late = side::Late::new();
+        let side = late.context();
         let mut attach = ClientAttach::<N> {
             registrar: &self.registrar,
             handle: binding,
             side,
-            store: store_binding::<N, C::BindingContext>,
-            attached: false,
+            pending: Some(PendingCore {
+                late,
+                rundown: Rundown::new(),
+            }),
         };
-        let result = self.module.attach_provider(&peer, &mut attach);
-        match (result, attach.attached) {
+        let result = self.module.attach(&peer, &mut attach);
+        let attached = attach.pending.is_none();
+        // Never attached: the allocation goes (the registrar never hands `side` back).
+        drop(attach);
+        match (result, attached) {
             (Ok(ctx), true) => {
-                // SAFETY: still ours until the attach callback returns (see `store_binding`).
-                unsafe { raw::borrow_mut::<ClientBox<N, C::BindingContext>>(side) }.ctx = Some(ctx);
+                // SAFETY: `attach` gave the core's reference to the context, which lives
+                // until the cleanup, and that cannot start before this callback returns.
+                let core = unsafe { side::borrow::<BindingCore<N::ProviderDispatch>>(side) };
+                // SAFETY: the only access: detach cannot start before this callback
+                // returns (G5), and other holders of the core never touch the cell.
+                unsafe { core.ctx.set(ctx) };
                 Status::SUCCESS
             }
             // Attached, then failed: the registrar detaches the provider and runs both
-            // cleanups, which reclaim the box.
+            // cleanups, which release the cores.
             (Err(d), true) => d.status(),
-            (result, false) => {
-                // SAFETY: never attached, so the registrar will never hand `side` back.
-                drop(unsafe { raw::take::<ClientBox<N, C::BindingContext>>(side) });
-                match result {
-                    Ok(_) => {
-                        tracing::warn!(target: "nmr", %binding, "client accepted without attaching; treated as declined");
-                        Status::NOINTERFACE
-                    }
-                    Err(d) => d.status(),
-                }
+            (Ok(_), false) => {
+                tracing::warn!(target: "nmr", %binding, "client accepted without attaching; treated as declined");
+                Status::NOINTERFACE
             }
+            (Err(d), false) => d.status(),
         }
     }
 
     fn detach_provider(&self, client_binding_context: Context) -> DetachStatus {
-        // SAFETY: the registrar hands back the `ClientBox` we stored; it lives until cleanup,
-        // which cannot start before this callback returns.
-        let b = unsafe { raw::borrow::<ClientBox<N, C::BindingContext>>(client_binding_context) };
-        let Some(binding) = b.binding.as_ref() else {
-            return DetachStatus::Done;
-        };
-        let handle = binding.handle();
+        // SAFETY: the registrar hands back the context `ClientAttach::attach` made of the
+        // client's core; its reference lives until the cleanup, which cannot start before
+        // this callback returns.
+        let core =
+            unsafe { side::borrow::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
+        let handle = core.handle;
         detach_side(
-            &binding.core,
+            &core,
             || {
                 let registrar = self.registrar.clone();
                 move || {
@@ -610,29 +824,24 @@ impl<N: Npi, C: Client<N>> ClientCallbacks for ClientAdapter<N, C> {
                     }
                 }
             },
-            |hold| match b.ctx.as_ref() {
-                Some(ctx) => self.module.detach_provider(ctx, hold),
-                None => drop(hold),
-            },
+            // SAFETY: the attach's `set` returned before this detach began, and the
+            // cleanup's `take` starts only after this callback returns.
+            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
     fn cleanup_binding_context(&self, client_binding_context: Context) {
-        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
-        let b = unsafe { raw::take::<ClientBox<N, C::BindingContext>>(client_binding_context) };
-        if let Some(ctx) = b.ctx {
-            self.module.cleanup_binding(ctx);
+        // SAFETY: cleanup runs exactly once per binding; the context's reference is ours again.
+        let core =
+            unsafe { side::take::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
+        // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
+        if let Some(ctx) = unsafe { core.ctx.take() } {
+            self.module.cleanup(ctx);
         }
     }
 }
 
-struct ProviderAdapter<N: Npi, P: Provider<N>> {
-    module: Arc<P>,
-    registrar: Registrar,
-    _npi: PhantomData<fn() -> N>,
-}
-
-impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
+impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
     fn attach_client(
         &self,
         binding: BindingHandle,
@@ -640,39 +849,45 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
         _client_binding_context: Context,
         client_dispatch: Context,
     ) -> Result<ProviderAttachment, Status> {
-        let t = typed_chars::<N, N::ClientCharacteristics>(client).ok_or(Status::NOINTERFACE)?;
-        if client_dispatch.is_null() {
+        let t = typed_peer::<ClientTyped<N>>(client).ok_or(Status::NOINTERFACE)?;
+        // SAFETY: the client is typed for `N` (checked above), so a handoff its attach
+        // published is a `Handoff<N>`.
+        let handoff = unsafe { side::claim_handoff::<Handoff<N>>(client_dispatch) }
+            .ok_or(Status::INVALID_PARAMETER)?;
+        let Some(client_dispatch) = handoff.client.take() else {
             return Err(Status::INVALID_PARAMETER);
-        }
-        // SAFETY: the client is typed for `N` (checked above), so its dispatch context points
-        // to the `Arc<N::ClientDispatch>` it passed to `ClientAttach::attach`, alive for the
-        // duration of this nested call.
-        let client_dispatch = unsafe { raw::clone_dispatch::<N::ClientDispatch>(client_dispatch) };
-        let client_binding = Binding::new(client_dispatch, binding);
-        let peer = peer_info(client, t);
+        };
+        let core = Arc::new(BindingCore::new(Rundown::new(), client_dispatch, binding));
+        let peer = peer_info(client, t.characteristics.as_ref());
         let (ctx, dispatch) = self
             .module
-            .attach_client(&peer, client_binding.clone())
+            .attach(
+                &peer,
+                Binding {
+                    core: Arc::clone(&core),
+                },
+            )
             .map_err(Declined::status)?;
-        let side = Box::new(ProviderSide::<N, P::BindingContext> {
-            binding: client_binding,
-            ctx: Some(ctx),
-            dispatch,
-        });
-        let dispatch_ptr = Context::from_ptr(&raw const side.dispatch);
+        handoff.provider = Some(dispatch);
+        // SAFETY: the only access: the core is not the registrar's yet, and other holders
+        // (the module's bindings) never touch the cell.
+        unsafe { core.ctx.set(ctx) };
         Ok(ProviderAttachment {
-            binding_context: raw::into_context(side),
-            dispatch: dispatch_ptr,
+            binding_context: side::into_context(core),
+            // Only the typed client reads the dispatch, from the handoff; this is for the
+            // registrar's records.
+            dispatch: Context::from_ptr(&raw const handoff.provider),
         })
     }
 
     fn detach_client(&self, provider_binding_context: Context) -> DetachStatus {
-        // SAFETY: the registrar hands back the `ProviderSide` we stored; it lives until cleanup.
-        let side =
-            unsafe { raw::borrow::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
-        let handle = side.binding.handle();
+        // SAFETY: the registrar hands back the context `attach_client` made of the
+        // provider's core; its reference lives until the cleanup.
+        let core =
+            unsafe { side::borrow::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
+        let handle = core.handle;
         detach_side(
-            &side.binding.core,
+            &core,
             || {
                 let registrar = self.registrar.clone();
                 move || {
@@ -681,19 +896,19 @@ impl<N: Npi, P: Provider<N>> ProviderCallbacks for ProviderAdapter<N, P> {
                     }
                 }
             },
-            |hold| match side.ctx.as_ref() {
-                Some(ctx) => self.module.detach_client(ctx, hold),
-                None => drop(hold),
-            },
+            // SAFETY: the attach's `set` returned before this detach began, and the
+            // cleanup's `take` starts only after this callback returns.
+            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
     fn cleanup_binding_context(&self, provider_binding_context: Context) {
-        // SAFETY: cleanup runs exactly once per binding; the box is ours again.
-        let side =
-            unsafe { raw::take::<ProviderSide<N, P::BindingContext>>(provider_binding_context) };
-        if let Some(ctx) = side.ctx {
-            self.module.cleanup_binding(ctx);
+        // SAFETY: cleanup runs exactly once per binding; the context's reference is ours again.
+        let core =
+            unsafe { side::take::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
+        // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
+        if let Some(ctx) = unsafe { core.ctx.take() } {
+            self.module.cleanup(ctx);
         }
     }
 }
@@ -807,11 +1022,11 @@ macro_rules! typed_registration {
                 characteristics: Option<N::$chars>,
                 module: Arc<M>,
             ) -> Result<Self, Error> {
+                let typed = Arc::new($adapter::<N> { characteristics, registrar: registrar.clone(), module });
                 let mut instance = RegistrationInstance::new(N::ID, info.module_id, info.number)
-                    .with_characteristics(Arc::new(Typed::<N, N::$chars> { characteristics, _npi: PhantomData }));
+                    .with_characteristics(Arc::clone(&typed) as Arc<dyn Any + Send + Sync>);
                 instance.name = info.name;
-                let adapter = $adapter::<N, M> { module, registrar: registrar.clone(), _npi: PhantomData };
-                let handle = registrar.$reg(instance, Arc::new(adapter), |_| {})?;
+                let handle = registrar.$reg(instance, typed, |_| {})?;
                 Ok($name { registrar: Some(registrar.clone()), handle, live: true, _npi: PhantomData })
             }
 
@@ -869,7 +1084,7 @@ typed_registration!(
     ProviderRegistration,
     Provider,
     Provider,
-    ProviderAdapter,
+    ProviderTyped,
     ProviderCharacteristics,
     register_provider,
     deregister_provider,
@@ -879,7 +1094,7 @@ typed_registration!(
     ClientRegistration,
     Client,
     Client,
-    ClientAdapter,
+    ClientTyped,
     ClientCharacteristics,
     register_client,
     deregister_client,
