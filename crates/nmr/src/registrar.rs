@@ -602,12 +602,15 @@ impl Registrar {
             let npi_slot = r.npis.slot_for(npi);
             let entry = r.npis.entry(npi_slot);
             let npi_pos = entry.list(role).len();
+            // One allocation (none up to 4 peers) rather than a series of regrowths.
+            let peers = entry.peers(role).len();
+            new_bindings.reserve_exact(peers);
             let reg = Reg {
                 role,
                 instance,
                 callbacks,
                 deregistering: false,
-                bindings: smallvec::SmallVec::new(),
+                bindings: smallvec::SmallVec::with_capacity(peers),
                 npi_slot,
                 npi_pos,
                 waiters: 0,
@@ -1080,6 +1083,7 @@ impl Registrar {
             }
             r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
+            to_detach.reserve_exact(reg.bindings.len());
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
                 if r.bindings.at_mut(b).machine.request_detach() == DetachRequest::NotifyBoth {
