@@ -602,15 +602,19 @@ impl Registrar {
             let npi_slot = r.npis.slot_for(npi);
             let entry = r.npis.entry(npi_slot);
             let npi_pos = entry.list(role).len();
-            // One allocation (none up to 4 peers) rather than a series of regrowths.
+            // Beyond the inline capacity, one allocation rather than a series of regrowths.
             let peers = entry.peers(role).len();
-            new_bindings.reserve_exact(peers);
+            let mut bindings = smallvec::SmallVec::new();
+            if peers > new_bindings.inline_size() {
+                new_bindings.reserve_exact(peers);
+                bindings.reserve_exact(peers);
+            }
             let reg = Reg {
                 role,
                 instance,
                 callbacks,
                 deregistering: false,
-                bindings: smallvec::SmallVec::with_capacity(peers),
+                bindings,
                 npi_slot,
                 npi_pos,
                 waiters: 0,
@@ -1083,7 +1087,9 @@ impl Registrar {
             }
             r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
-            to_detach.reserve_exact(reg.bindings.len());
+            if reg.bindings.len() > to_detach.inline_size() {
+                to_detach.reserve_exact(reg.bindings.len());
+            }
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
                 if r.bindings.at_mut(b).machine.request_detach() == DetachRequest::NotifyBoth {
