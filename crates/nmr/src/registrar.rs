@@ -1,11 +1,18 @@
 //! The registrar: registrations, pairing, and the driver of the binding state machine.
 //!
-//! All bookkeeping lives in one [`Registry`] behind one mutex. Every public call decides
-//! under the lock, releases it, and only then calls module callbacks, so callbacks may
-//! re-enter the registrar (attach from inside `ClientAttachProvider`, complete from inside a
-//! detach, register or deregister other modules) without deadlock. All callbacks run on the
-//! calling thread: attach inside register, detach inside deregister (or register, for a
-//! late-comer), cleanup inside whichever call finishes the binding.
+//! All bookkeeping lives in one [`Registry`] behind one lock ([`RegistryLock`], whose
+//! release is a plain store). Every public call decides under the lock, releases it, and
+//! only then calls module callbacks, so callbacks may re-enter the registrar (attach from
+//! inside `ClientAttachProvider`, complete from inside a detach, register or deregister
+//! other modules) without deadlock. All callbacks run on the calling thread: attach inside
+//! register, detach inside deregister (or register, for a late-comer), cleanup inside
+//! whichever call finishes the binding.
+//!
+//! A pair lifecycle (register a client against one provider, deregister, wait) takes the
+//! lock five times: the registration (which also starts the first attach), the attach's end
+//! (which starts the next), the deregistration, both detach answers (with the cleanups run
+//! first when both answered done, see [`BindingMachine::detached_and_cleaned_up`]), and the
+//! wait.
 
 use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
