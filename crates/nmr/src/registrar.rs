@@ -246,6 +246,58 @@ impl Callbacks {
     }
 }
 
+mod scratch {
+    //! Per-thread buffers for the lists a registration or deregistration builds and drops
+    //! (the bindings it formed; the detaches it runs), kept between calls.
+    //!
+    //! Freeing a large buffer makes glibc consolidate its fast bins, a walk over every small
+    //! chunk freed since, after which small allocations take its slow path: with a client
+    //! against 10 000 typed providers (20 000 small frees per cycle) that cost about 20% per
+    //! binding. Lists that fit inline (a few bindings) never come here. A buffer is kept up to
+    //! [`KEEP`] bytes; a nested call (from a callback) finds its thread's buffer taken and
+    //! uses a fresh one; the larger one is kept.
+    use std::cell::Cell;
+    use std::thread::LocalKey;
+
+    /// The largest buffer kept per list and thread.
+    const KEEP: usize = 1 << 20;
+
+    /// This thread's buffer from `home`: empty, a fresh one if taken or gone.
+    pub(super) fn take<T: 'static>(home: &'static LocalKey<Cell<Vec<T>>>) -> Vec<T> {
+        home.try_with(Cell::take).unwrap_or_default()
+    }
+
+    /// Returns `v`, emptied, to `home` (or frees it: too large, or smaller than a buffer
+    /// a nested call returned meanwhile).
+    pub(super) fn give_back<T: 'static>(home: &'static LocalKey<Cell<Vec<T>>>, mut v: Vec<T>) {
+        v.clear();
+        if v.capacity().saturating_mul(size_of::<T>()) > KEEP {
+            return;
+        }
+        let _ = home.try_with(|c| {
+            let other = c.take();
+            c.set(if other.capacity() > v.capacity() {
+                other
+            } else {
+                v
+            });
+        });
+    }
+}
+
+#[cfg(not(loom))]
+sync::thread_local! {
+    /// The bindings a registration formed (see [`scratch`]).
+    static NEW_BINDINGS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The detaches a deregistration runs (see [`scratch`]).
+    static TO_DETACH: std::cell::Cell<Vec<(u32, SideCalls)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+#[cfg(loom)]
+sync::thread_local! {
+    static NEW_BINDINGS: std::cell::Cell<Vec<u32>> = std::cell::Cell::new(Vec::new());
+    static TO_DETACH: std::cell::Cell<Vec<(u32, SideCalls)>> = std::cell::Cell::new(Vec::new());
+}
+
 /// One side's detach or cleanup call: its registration handle, callbacks and context.
 #[derive(Clone, Copy)]
 struct SideCall {
@@ -613,7 +665,8 @@ impl Registrar {
             let peers = entry.peers(role).len();
             let mut bindings = smallvec::SmallVec::new();
             if peers > new_bindings.inline_size() {
-                new_bindings.reserve_exact(peers);
+                new_bindings = smallvec::SmallVec::from_vec(scratch::take(&NEW_BINDINGS));
+                new_bindings.reserve(peers);
                 bindings.reserve_exact(peers);
             }
             let reg = Reg {
@@ -665,6 +718,9 @@ impl Registrar {
             module = %name.as_deref().map_or_else(|| module_id.to_string(), str::to_owned), npi = %npi, peers = new_bindings.len());
         publish(handle);
         self.run_attaches(&new_bindings, &mut started, first);
+        if new_bindings.spilled() {
+            scratch::give_back(&NEW_BINDINGS, new_bindings.into_vec());
+        }
         Ok(handle)
     }
 
@@ -1095,7 +1151,8 @@ impl Registrar {
             r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
             if reg.bindings.len() > to_detach.inline_size() {
-                to_detach.reserve_exact(reg.bindings.len());
+                to_detach = smallvec::SmallVec::from_vec(scratch::take(&TO_DETACH));
+                to_detach.reserve(reg.bindings.len());
             }
             for i in 0..reg.bindings.len() {
                 let b = r.regs.at(id.index).bindings[i];
@@ -1107,6 +1164,9 @@ impl Registrar {
         tracing::debug!(target: "nmr::lifecycle", event = "deregister", registration = %h, ?role, detaching = to_detach.len());
         for (b, calls) in &to_detach {
             self.run_detach_with(*b, true, calls);
+        }
+        if to_detach.spilled() {
+            scratch::give_back(&TO_DETACH, to_detach.into_vec());
         }
         Ok(())
     }

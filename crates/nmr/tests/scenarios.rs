@@ -70,6 +70,94 @@ fn the_wait_releases_what_the_instance_owned_and_the_next_registration_sees_its_
     unload_provider(&r, ph);
 }
 
+/// Registrations and deregistrations with many bindings, nested inside each other's
+/// callbacks (the registrar reuses per-thread buffers for their binding lists; a nested call
+/// must get its own): every binding is attached, detached and cleaned up exactly once.
+#[test]
+fn nested_registrations_and_deregistrations_with_many_bindings_each_see_their_own_lists() {
+    const PROVIDERS: usize = 7;
+    let r = Registrar::new();
+    let log = Log::new();
+    let providers: Vec<_> = (0..PROVIDERS)
+        .map(|i| {
+            let p = TestProvider::accepting("p", &log, &r, 100 + i, 200 + i);
+            p.register(instance(NPI, 10 + i as u128, 0, "p"))
+        })
+        .collect();
+    // The inner client registers and deregisters from inside the outer client's first
+    // attach and first detach.
+    let inner = TestClient::accepting("inner", &log, &r, 2, 2);
+    let inner_handle = Arc::new(Mutex::new(None));
+    let (ih1, ih2) = (Arc::clone(&inner_handle), Arc::clone(&inner_handle));
+    let inner1 = Arc::clone(&inner);
+    let outer = TestClient::custom(
+        "outer",
+        &log,
+        &r,
+        Box::new(move |r, b, _| {
+            let mut h = ih1.lock().unwrap();
+            if h.is_none() {
+                *h = Some(inner1.register(instance(NPI, 2, 0, "inner")));
+            }
+            status_of(r.client_attach_provider(b, ctx(1), ctx(1)))
+        }),
+        Box::new(move |r, _| {
+            if let Some(h) = ih2.lock().unwrap().take() {
+                r.deregister_client(h).unwrap();
+                r.wait_for_client_deregister_complete(h).unwrap();
+            }
+            DetachStatus::Done
+        }),
+    );
+    let oh = outer.register(instance(NPI, 1, 0, "outer"));
+    let count = |f: &dyn Fn(&Ev) -> bool| log.count(f);
+    assert_eq!(
+        count(&|e| matches!(
+            e,
+            Ev::ClientAttach {
+                client: "outer",
+                ..
+            }
+        )),
+        PROVIDERS
+    );
+    assert_eq!(
+        count(&|e| matches!(
+            e,
+            Ev::ClientAttach {
+                client: "inner",
+                ..
+            }
+        )),
+        PROVIDERS
+    );
+    unload_client(&r, oh);
+    for client in ["outer", "inner"] {
+        assert_eq!(
+            count(&|e| matches!(e, Ev::ClientDetach { client: c, .. } if *c == client)),
+            PROVIDERS,
+            "{client}'s detaches"
+        );
+    }
+    assert_eq!(
+        count(&|e| matches!(e, Ev::ProviderDetach { .. })),
+        2 * PROVIDERS
+    );
+    assert_eq!(
+        count(&|e| matches!(e, Ev::ClientCleanup { .. })),
+        2 * PROVIDERS
+    );
+    assert_eq!(
+        count(&|e| matches!(e, Ev::ProviderCleanup { .. })),
+        2 * PROVIDERS
+    );
+    assert_eq!(r.snapshot().bindings.len(), 0);
+    for h in providers {
+        unload_provider(&r, h);
+    }
+    assert!(r.snapshot().registrations.is_empty());
+}
+
 #[test]
 fn a_provider_registered_alone_deregisters_pending_and_waits() {
     let r = Registrar::new();
