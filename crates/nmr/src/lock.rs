@@ -399,6 +399,72 @@ mod tests {
         assert_eq!(lock.get(), 1);
     }
 
+    /// Holders keep the lock far longer than the spin phase, so the other threads sleep;
+    /// every sleeper is woken in turn (no lost wake-up: the test would hang) and exclusion
+    /// holds throughout.
+    fn many_sleepers(asymmetric: bool) {
+        let lock = Arc::new(Counter::new(asymmetric));
+        let slept = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, slept) = (Arc::clone(&lock), Arc::clone(&slept));
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        lock.raw.lock();
+                        if lock.raw.sleepers.load(Ordering::Relaxed) > 0 {
+                            slept.store(true, Ordering::Relaxed);
+                        }
+                        // Hold it for ~50 µs: well past any spinning.
+                        let start = std::time::Instant::now();
+                        while start.elapsed() < Duration::from_micros(50) {
+                            std::hint::spin_loop();
+                        }
+                        lock.raw.unlock();
+                        lock.increment();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("contending thread");
+        }
+        assert_eq!(lock.get(), 400);
+        assert_eq!(lock.raw.sleepers.load(Ordering::SeqCst), 0);
+        assert!(
+            slept.load(Ordering::Relaxed),
+            "no thread ever slept on the lock"
+        );
+    }
+
+    /// Runs `f` on a thread; fails the test if it has not finished within 60 s (a lost
+    /// wake-up hangs a sleeper forever).
+    fn within(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => t.join().expect("test body"),
+            Err(_) if t.is_finished() => {
+                if let Err(p) = t.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            Err(_) => panic!("a thread never woke up: lost wake-up"),
+        }
+    }
+
+    #[test]
+    fn many_sleepers_are_all_woken_with_the_asymmetric_barrier() {
+        within(|| many_sleepers(true));
+    }
+
+    #[test]
+    fn many_sleepers_are_all_woken_with_seqcst_fences() {
+        within(|| many_sleepers(false));
+    }
+
     #[test]
     fn a_sleeper_is_woken_by_the_release() {
         sleeper_is_woken(true);
