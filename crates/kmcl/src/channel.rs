@@ -940,6 +940,14 @@ impl fmt::Debug for PacketToken {
 }
 
 impl PacketToken {
+    /// The largest response [`complete`](Self::complete) can send: the channel's maximum
+    /// packet size. A longer response is refused (`PacketTooLarge`) and the sender's
+    /// transaction then waits until the channel closes, so a server that may produce long
+    /// responses checks this first and answers with something shorter.
+    pub fn max_response_len(&self) -> usize {
+        self.shared.max_packet()
+    }
+
     /// Whether the sender asked for a completion packet.
     pub fn completion_requested(&self) -> bool {
         self.trans_id.is_some()
@@ -1077,6 +1085,12 @@ impl<'a> IncomingPacket<'a> {
     /// Whether the sender asked for a completion packet.
     pub fn completion_requested(&self) -> bool {
         self.token.completion_requested()
+    }
+
+    /// The largest response [`complete`](Self::complete) can send; see
+    /// [`PacketToken::max_response_len`].
+    pub fn max_response_len(&self) -> usize {
+        self.token.max_response_len()
     }
 
     /// Whether the packet carries external data (it is a GPA-direct packet).

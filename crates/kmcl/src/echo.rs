@@ -11,6 +11,10 @@
 //!   handle (`u32`, little-endian), map that GPADL for reading and hold the mapping, or
 //!   drop it; the answer is `ok`, or the error's text. They let a client observe
 //!   `delete_gpadl` blocking while the server has the GPADL mapped.
+//!
+//! An answer longer than the channel's maximum packet (a large external buffer echoed
+//! back) cannot be sent; the answer is then a short text saying so, so the client's
+//! transaction still completes.
 
 #![forbid(unsafe_code)]
 
@@ -74,6 +78,25 @@ fn answer(
         }
     } else {
         payload.to_vec()
+    };
+    // An echo longer than the channel's maximum packet cannot be sent, and the client would
+    // wait for it until the channel closes: answer with the reason instead.
+    let max = packet.max_response_len();
+    let reply = if reply.len() > max {
+        tracing::warn!(
+            len = reply.len(),
+            max,
+            "echo larger than the maximum packet; refused"
+        );
+        let mut why = format!(
+            "echo refused: {} bytes exceed the channel's maximum packet of {max} bytes",
+            reply.len()
+        )
+        .into_bytes();
+        why.truncate(max);
+        why
+    } else {
+        reply
     };
     if let Err(e) = packet.complete(&reply) {
         tracing::warn!(error = %e, "could not send the echo");

@@ -483,3 +483,49 @@ fn closing_wakes_a_blocked_delete() {
     client.cleanup().unwrap();
     server.cleanup().unwrap();
 }
+
+/// The echo of a large external buffer does not fit the server's maximum packet (16 KiB by
+/// default): the echo server answers with the reason, and the client's transaction
+/// completes instead of waiting until the channel closes.
+#[test]
+fn an_echo_larger_than_the_maximum_packet_is_answered_with_the_reason() {
+    let (client, server) = Channel::local_pair().unwrap();
+    server
+        .set_process_packet_callbacks(kmcl::echo::handler(), none())
+        .unwrap();
+    server.enable().unwrap();
+    server.start().unwrap();
+    client.enable().unwrap();
+    until(|| client.phase() == Phase::Opened { running: true });
+    let buf = GpadlBuffer::heap(8 * PAGE).unwrap();
+    let h = client
+        .create_gpadl_from_buffer(&buf, GpadlFlags::NONE)
+        .unwrap();
+    let send = |len| {
+        let (tx, rx) = mpsc::channel();
+        client
+            .send_with_external(
+                b"big",
+                &[ExternalRange {
+                    gpadl: h,
+                    offset: 0,
+                    len,
+                }],
+                move |c| {
+                    let _ = tx.send(c.result.map(<[u8]>::to_vec));
+                },
+            )
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the transaction never completed")
+            .unwrap()
+    };
+    // Fits: the echo itself.
+    assert_eq!(send(3 * PAGE).len(), 3 + 3 * PAGE);
+    // Does not fit: the reason.
+    let reply = String::from_utf8(send(8 * PAGE)).unwrap();
+    assert!(reply.starts_with("echo refused:"), "{reply}");
+    assert!(reply.contains(&(3 + 8 * PAGE).to_string()), "{reply}");
+    client.delete_gpadl(h).unwrap();
+    close(client, server);
+}
