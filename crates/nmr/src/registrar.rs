@@ -256,7 +256,10 @@ mod scratch {
     //! binding. Lists that fit inline (a few bindings) never come here. A buffer is kept up to
     //! [`KEEP`] bytes; a nested call (from a callback) finds its thread's buffer taken and
     //! uses a fresh one; the larger one is kept.
+    #[cfg(loom)]
+    use loom::thread::LocalKey;
     use std::cell::Cell;
+    #[cfg(not(loom))]
     use std::thread::LocalKey;
 
     /// The largest buffer kept per list and thread.
