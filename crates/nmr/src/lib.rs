@@ -56,6 +56,7 @@ mod ids;
 mod lock;
 mod npis;
 mod registrar;
+mod reuse;
 pub mod rundown;
 mod status;
 mod sync;

@@ -21,6 +21,7 @@ use crate::callstack::CallbackStack;
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
 use crate::lock::RegistryLock;
 use crate::npis::NpiIndex;
+use crate::reuse;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
@@ -246,53 +247,11 @@ impl Callbacks {
     }
 }
 
-mod scratch {
-    //! Per-thread buffers for the lists a registration or deregistration builds and drops
-    //! (the bindings it formed; the detaches it runs), kept between calls.
-    //!
-    //! Freeing a large buffer makes glibc consolidate its fast bins, a walk over every small
-    //! chunk freed since, after which small allocations take its slow path: with a client
-    //! against 10 000 typed providers (20 000 small frees per cycle) that cost about 20% per
-    //! binding. Lists that fit inline (a few bindings) never come here. A buffer is kept up to
-    //! [`KEEP`] bytes; a nested call (from a callback) finds its thread's buffer taken and
-    //! uses a fresh one; the larger one is kept.
-    #[cfg(loom)]
-    use loom::thread::LocalKey;
-    use std::cell::Cell;
-    #[cfg(not(loom))]
-    use std::thread::LocalKey;
-
-    /// The largest buffer kept per list and thread.
-    const KEEP: usize = 1 << 20;
-
-    /// This thread's buffer from `home`: empty, a fresh one if taken or gone.
-    pub(super) fn take<T: 'static>(home: &'static LocalKey<Cell<Vec<T>>>) -> Vec<T> {
-        home.try_with(Cell::take).unwrap_or_default()
-    }
-
-    /// Returns `v`, emptied, to `home` (or frees it: too large, or smaller than a buffer
-    /// a nested call returned meanwhile).
-    pub(super) fn give_back<T: 'static>(home: &'static LocalKey<Cell<Vec<T>>>, mut v: Vec<T>) {
-        v.clear();
-        if v.capacity().saturating_mul(size_of::<T>()) > KEEP {
-            return;
-        }
-        let _ = home.try_with(|c| {
-            let other = c.take();
-            c.set(if other.capacity() > v.capacity() {
-                other
-            } else {
-                v
-            });
-        });
-    }
-}
-
 #[cfg(not(loom))]
 sync::thread_local! {
-    /// The bindings a registration formed (see [`scratch`]).
+    /// The bindings a registration formed (see [`reuse::take`]).
     static NEW_BINDINGS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// The detaches a deregistration runs (see [`scratch`]).
+    /// The detaches a deregistration runs (see [`reuse::take`]).
     static TO_DETACH: std::cell::Cell<Vec<(u32, SideCalls)>> = const { std::cell::Cell::new(Vec::new()) };
 }
 #[cfg(loom)]
@@ -373,44 +332,6 @@ mod live {
     }
 }
 use live::Live;
-
-mod spare {
-    //! One spare instance box per thread: a registration's instance is boxed (attach
-    //! callbacks borrow it past the lock), and a thread that waits for one registration and
-    //! then registers the next (module reloads, the pair lifecycle) reuses the box instead
-    //! of a free and a malloc.
-    use super::RegistrationInstance;
-    use std::cell::Cell;
-
-    #[cfg(not(loom))]
-    crate::sync::thread_local! {
-        static SPARE: Cell<Option<Box<RegistrationInstance>>> = const { Cell::new(None) };
-    }
-    #[cfg(loom)]
-    crate::sync::thread_local! {
-        static SPARE: Cell<Option<Box<RegistrationInstance>>> = Cell::new(None);
-    }
-
-    /// `instance` in a box, this thread's spare one if it has one.
-    pub(super) fn boxed(instance: RegistrationInstance) -> Box<RegistrationInstance> {
-        match SPARE.try_with(Cell::take) {
-            Ok(Some(mut b)) => {
-                *b = instance;
-                b
-            }
-            _ => Box::new(instance),
-        }
-    }
-
-    /// Keeps `b`'s allocation as this thread's spare, after dropping what it owns (the
-    /// characteristics and name may hold module objects, which must not outlive the
-    /// registration).
-    pub(super) fn put(mut b: Box<RegistrationInstance>) {
-        b.characteristics = None;
-        b.name = None;
-        let _ = SPARE.try_with(|s| drop(s.replace(Some(b))));
-    }
-}
 
 struct Reg {
     role: Role,
@@ -655,7 +576,7 @@ impl Registrar {
         // What the register event shows, kept aside so the instance moves into the registry
         // without an `Arc` clone (no atomic at all for a module without a name).
         let (module_id, name) = (instance.module_id, instance.name.clone());
-        let instance = spare::boxed(instance);
+        let instance = reuse::boxed(instance);
         let mut new_bindings: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
         let mut started = 0;
         let (handle, first) = {
@@ -668,7 +589,7 @@ impl Registrar {
             let peers = entry.peers(role).len();
             let mut bindings = smallvec::SmallVec::new();
             if peers > new_bindings.inline_size() {
-                new_bindings = smallvec::SmallVec::from_vec(scratch::take(&NEW_BINDINGS));
+                new_bindings = smallvec::SmallVec::from_vec(reuse::take(&NEW_BINDINGS));
                 new_bindings.reserve(peers);
                 bindings.reserve_exact(peers);
             }
@@ -722,7 +643,7 @@ impl Registrar {
         publish(handle);
         self.run_attaches(&new_bindings, &mut started, first);
         if new_bindings.spilled() {
-            scratch::give_back(&NEW_BINDINGS, new_bindings.into_vec());
+            reuse::give_back(&NEW_BINDINGS, new_bindings.into_vec());
         }
         Ok(handle)
     }
@@ -1154,7 +1075,7 @@ impl Registrar {
             r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
             if reg.bindings.len() > to_detach.inline_size() {
-                to_detach = smallvec::SmallVec::from_vec(scratch::take(&TO_DETACH));
+                to_detach = smallvec::SmallVec::from_vec(reuse::take(&TO_DETACH));
                 to_detach.reserve(reg.bindings.len());
             }
             for i in 0..reg.bindings.len() {
@@ -1169,7 +1090,7 @@ impl Registrar {
             self.run_detach_with(*b, true, calls);
         }
         if to_detach.spilled() {
-            scratch::give_back(&TO_DETACH, to_detach.into_vec());
+            reuse::give_back(&TO_DETACH, to_detach.into_vec());
         }
         Ok(())
     }
@@ -1233,7 +1154,7 @@ impl Registrar {
         let reg = guard.regs.remove(id);
         drop(guard);
         if let Some(reg) = reg {
-            spare::put(reg.instance);
+            reuse::put(reg.instance);
         }
         tracing::debug!(target: "nmr::lifecycle", event = "wait-complete", registration = %h, ?role);
         Ok(())
