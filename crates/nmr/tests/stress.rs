@@ -330,103 +330,34 @@ fn stress_register_call_deregister_complete_at_random() {
 #[test]
 fn long_lock_sections_make_other_threads_sleep_and_all_finish() {
     within(180, || {
-        use nmr::{
-            BindingHandle, ClientCallbacks, Context, DetachStatus, ProviderAttachment,
-            ProviderCallbacks, RegistrationInstance, Status,
-        };
-        struct Counts {
-            attach: AtomicUsize,
-            detach: AtomicUsize,
-            cleanup: AtomicUsize,
-        }
-        impl Counts {
-            fn new() -> Arc<Self> {
-                Arc::new(Counts {
-                    attach: AtomicUsize::new(0),
-                    detach: AtomicUsize::new(0),
-                    cleanup: AtomicUsize::new(0),
-                })
-            }
-        }
-        struct C(Registrar, Arc<Counts>);
-        impl ClientCallbacks for C {
-            fn attach_provider(&self, b: BindingHandle, _: &RegistrationInstance) -> Status {
-                self.1.attach.fetch_add(1, Ordering::Relaxed);
-                match self
-                    .0
-                    .client_attach_provider(b, Context(8 as _), Context::NULL)
-                {
-                    Ok(_) => Status::SUCCESS,
-                    Err(s) => s,
-                }
-            }
-            fn detach_provider(&self, _: Context) -> DetachStatus {
-                self.1.detach.fetch_add(1, Ordering::Relaxed);
-                DetachStatus::Done
-            }
-            fn cleanup_binding_context(&self, _: Context) {
-                self.1.cleanup.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        struct P(Arc<Counts>);
-        impl ProviderCallbacks for P {
-            fn attach_client(
-                &self,
-                _: BindingHandle,
-                _: &RegistrationInstance,
-                _: Context,
-                _: Context,
-            ) -> Result<ProviderAttachment, Status> {
-                self.0.attach.fetch_add(1, Ordering::Relaxed);
-                Ok(ProviderAttachment {
-                    binding_context: Context(16 as _),
-                    dispatch: Context::NULL,
-                })
-            }
-            fn detach_client(&self, _: Context) -> DetachStatus {
-                self.0.detach.fetch_add(1, Ordering::Relaxed);
-                DetachStatus::Done
-            }
-            fn cleanup_binding_context(&self, _: Context) {
-                self.0.cleanup.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        use support::{Ev, Log, TestClient, TestProvider, instance};
         const WIDE: usize = 3000;
-        const ROUNDS: usize = 10;
+        const ROUNDS: usize = 20;
         const SHORT_CYCLES: usize = 3000;
         let (wide_npi, short_npi) = (NpiId::from_u128(0x1071), NpiId::from_u128(0x1072));
         let r = Registrar::new();
-        let (cc, pc) = (Counts::new(), Counts::new());
-        let inst = |npi, m: u128| {
-            RegistrationInstance::new(npi, ModuleId::Guid(nmr::Guid::from_u128(m)), 0)
-        };
+        let log = Log::new();
         let providers: Vec<_> = (0..WIDE)
             .map(|i| {
-                r.register_provider(
-                    inst(wide_npi, i as u128),
-                    Arc::new(P(Arc::clone(&pc))),
-                    |_| {},
-                )
-                .unwrap()
+                TestProvider::accepting("wide", &log, &r, 16, 16).register(instance(
+                    wide_npi,
+                    1000 + i as u128,
+                    0,
+                    "wide",
+                ))
             })
             .collect();
-        let short_provider = r
-            .register_provider(inst(short_npi, 1), Arc::new(P(Arc::clone(&pc))), |_| {})
-            .unwrap();
+        let short_provider = TestProvider::accepting("short", &log, &r, 16, 16)
+            .register(instance(short_npi, 1, 0, "short"));
         let stop = Arc::new(AtomicBool::new(false));
         let short: Vec<_> = (0..2)
             .map(|t| {
-                let (r, cc, stop) = (r.clone(), Arc::clone(&cc), Arc::clone(&stop));
+                let (r, log, stop) = (r.clone(), Arc::clone(&log), Arc::clone(&stop));
                 std::thread::spawn(move || {
                     let mut n = 0;
                     while n < SHORT_CYCLES || !stop.load(Ordering::Relaxed) {
-                        let h = r
-                            .register_client(
-                                inst(short_npi, 100 + t),
-                                Arc::new(C(r.clone(), Arc::clone(&cc))),
-                                |_| {},
-                            )
-                            .unwrap();
+                        let h = TestClient::accepting("short-client", &log, &r, 8, 8)
+                            .register(instance(short_npi, 100 + t, 0, "short-client"));
                         r.deregister_client(h).unwrap();
                         r.wait_for_client_deregister_complete(h).unwrap();
                         n += 1;
@@ -436,26 +367,45 @@ fn long_lock_sections_make_other_threads_sleep_and_all_finish() {
             })
             .collect();
         for _ in 0..ROUNDS {
-            let h = r
-                .register_client(
-                    inst(wide_npi, 99),
-                    Arc::new(C(r.clone(), Arc::clone(&cc))),
-                    |_| {},
-                )
-                .unwrap();
+            let h = TestClient::accepting("wide-client", &log, &r, 8, 8).register(instance(
+                wide_npi,
+                99,
+                0,
+                "wide-client",
+            ));
             r.deregister_client(h).unwrap();
             r.wait_for_client_deregister_complete(h).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         let short_cycles: usize = short.into_iter().map(|t| t.join().unwrap()).sum();
         let bindings = ROUNDS * WIDE + short_cycles;
+        let events = log.events();
+        let count = |f: fn(&Ev) -> bool| events.iter().filter(|e| f(e)).count();
         for (what, got) in [
-            ("client attaches", cc.attach.load(Ordering::Relaxed)),
-            ("client detaches", cc.detach.load(Ordering::Relaxed)),
-            ("client cleanups", cc.cleanup.load(Ordering::Relaxed)),
-            ("provider attaches", pc.attach.load(Ordering::Relaxed)),
-            ("provider detaches", pc.detach.load(Ordering::Relaxed)),
-            ("provider cleanups", pc.cleanup.load(Ordering::Relaxed)),
+            (
+                "client attaches",
+                count(|e| matches!(e, Ev::ClientAttach { .. })),
+            ),
+            (
+                "client detaches",
+                count(|e| matches!(e, Ev::ClientDetach { .. })),
+            ),
+            (
+                "client cleanups",
+                count(|e| matches!(e, Ev::ClientCleanup { .. })),
+            ),
+            (
+                "provider attaches",
+                count(|e| matches!(e, Ev::ProviderAttach { .. })),
+            ),
+            (
+                "provider detaches",
+                count(|e| matches!(e, Ev::ProviderDetach { .. })),
+            ),
+            (
+                "provider cleanups",
+                count(|e| matches!(e, Ev::ProviderCleanup { .. })),
+            ),
         ] {
             assert_eq!(got, bindings, "{what}");
         }
