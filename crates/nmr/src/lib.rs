@@ -49,6 +49,8 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(any(not(loom), test))]
+mod bias;
 pub mod binding;
 mod callstack;
 mod handle;

@@ -19,6 +19,8 @@
 //! a thread only sleeps if the lock is still held when it goes to sleep, atomically with
 //! respect to wake-ups.
 
+#[cfg(not(loom))]
+use crate::bias::{BiasedLock, Held};
 #[cfg(any(not(loom), test))]
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
 #[cfg(any(not(loom), test))]
@@ -71,6 +73,11 @@ impl RawLock {
             #[cfg(loom)]
             park: loom_park::Park::new(),
         }
+    }
+
+    /// Whether the asymmetric barrier pair is in use (else `SeqCst` fences).
+    pub(crate) const fn is_asymmetric(&self) -> bool {
+        self.asymmetric
     }
 
     /// Acquires the lock, spinning briefly and then sleeping while another thread holds it.
@@ -176,13 +183,21 @@ impl RawLock {
     }
 }
 
-/// A mutex over `T` whose release, with no sleeper, is a plain store (module docs).
+/// Raw acquisitions in a row before the registry lock first biases to a thread (see
+/// [`crate::bias`]); low, so that tests run through both paths and their revocations, and it
+/// doubles with every revocation.
+#[cfg(not(loom))]
+const FIRST_BIAS_THRESHOLD: u32 = 64;
+
+/// A mutex over `T` whose release, with no sleeper, is a plain store (module docs), and
+/// which a thread that keeps taking it takes with no read-modify-write at all
+/// ([`crate::bias`]).
 ///
 /// Under loom it is loom's mutex, so that the registrar's models explore the registrar
 /// rather than this lock's spin and sleep paths, which `loom_lock` models on their own.
 pub(crate) struct RegistryLock<T> {
     #[cfg(not(loom))]
-    raw: RawLock,
+    raw: BiasedLock,
     #[cfg(loom)]
     raw: loom::sync::Mutex<()>,
     data: UnsafeCell<T>,
@@ -206,22 +221,33 @@ impl<T> RegistryLock<T> {
     pub(crate) fn new(data: T) -> Self {
         RegistryLock {
             #[cfg(not(loom))]
-            raw: RawLock::new(true),
+            raw: BiasedLock::new(true, FIRST_BIAS_THRESHOLD),
             #[cfg(loom)]
             raw: loom::sync::Mutex::new(()),
             data: UnsafeCell::new(data),
         }
     }
 
-    /// Acquires the lock (see [`RawLock::lock`]).
+    /// Acquires the lock (see [`BiasedLock::lock`]).
+    #[cfg(not(loom))]
     #[inline]
     pub(crate) fn lock(&self) -> RegistryGuard<'_, T> {
-        #[cfg(not(loom))]
-        {
-            self.raw.lock();
-            RegistryGuard { lock: self }
+        RegistryGuard {
+            lock: self,
+            held: self.raw.lock(),
         }
-        #[cfg(loom)]
+    }
+
+    /// The biased lock underneath (for tests).
+    #[cfg(not(loom))]
+    #[cfg_attr(not(test), expect(dead_code, reason = "unit tests"))]
+    pub(crate) const fn biased(&self) -> &BiasedLock {
+        &self.raw
+    }
+
+    /// Acquires loom's mutex.
+    #[cfg(loom)]
+    pub(crate) fn lock(&self) -> RegistryGuard<'_, T> {
         RegistryGuard {
             lock: self,
             _held: self
@@ -235,6 +261,8 @@ impl<T> RegistryLock<T> {
 /// Access to the data of a held [`RegistryLock`]; releases it when dropped.
 pub(crate) struct RegistryGuard<'a, T> {
     lock: &'a RegistryLock<T>,
+    #[cfg(not(loom))]
+    held: Held,
     #[cfg(loom)]
     _held: loom::sync::MutexGuard<'a, ()>,
 }
@@ -258,7 +286,7 @@ impl<T> DerefMut for RegistryGuard<'_, T> {
 #[cfg(not(loom))]
 impl<T> Drop for RegistryGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.raw.unlock();
+        self.lock.raw.unlock(self.held);
     }
 }
 

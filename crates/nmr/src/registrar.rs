@@ -1332,3 +1332,135 @@ impl fmt::Display for Snapshot {
         Ok(())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    //! The registry lock's bias (see [`crate::bias`]) under real lifecycles: one thread's
+    //! sections go through the bias, and threads taking turns revoke each other's, with every
+    //! callback still run exactly once.
+    use super::*;
+    use crate::ids::Guid;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts every callback; attaches to every provider.
+    struct Counting {
+        nmr: Registrar,
+        calls: AtomicUsize,
+    }
+
+    impl ClientCallbacks for Counting {
+        fn attach_provider(&self, binding: BindingHandle, _: &RegistrationInstance) -> Status {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            match self
+                .nmr
+                .client_attach_provider(binding, Context::NULL, Context::NULL)
+            {
+                Ok(_) => Status::SUCCESS,
+                Err(s) => s,
+            }
+        }
+        fn detach_provider(&self, _: Context) -> DetachStatus {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            DetachStatus::Done
+        }
+        fn cleanup_binding_context(&self, _: Context) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl ProviderCallbacks for Counting {
+        fn attach_client(
+            &self,
+            _: BindingHandle,
+            _: &RegistrationInstance,
+            _: Context,
+            _: Context,
+        ) -> Result<ProviderAttachment, Status> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Ok(ProviderAttachment::default())
+        }
+        fn detach_client(&self, _: Context) -> DetachStatus {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            DetachStatus::Done
+        }
+        fn cleanup_binding_context(&self, _: Context) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `rounds` pair lifecycles against one provider on NPI `npi`; returns the callbacks seen.
+    fn lifecycles(nmr: &Registrar, npi: u128, rounds: usize) -> usize {
+        let npi = NpiId::from_u128(npi);
+        let module = ModuleId::Guid(Guid::from_u128(npi.0.to_u128()));
+        let counting = Arc::new(Counting {
+            nmr: nmr.clone(),
+            calls: AtomicUsize::new(0),
+        });
+        let p = nmr
+            .register_provider(
+                RegistrationInstance::new(npi, module, 0),
+                Arc::clone(&counting) as Arc<dyn ProviderCallbacks>,
+                |_| {},
+            )
+            .expect("provider");
+        for _ in 0..rounds {
+            let c = nmr
+                .register_client(
+                    RegistrationInstance::new(npi, module, 0),
+                    Arc::clone(&counting) as Arc<dyn ClientCallbacks>,
+                    |_| {},
+                )
+                .expect("client");
+            nmr.deregister_client(c).expect("deregister");
+            assert_eq!(nmr.is_deregister_complete(c), Ok(true));
+            nmr.wait_for_client_deregister_complete(c).expect("wait");
+            assert_eq!(
+                nmr.wait_for_client_deregister_complete(c),
+                Err(Error::InvalidHandle)
+            );
+        }
+        nmr.deregister_provider(p).expect("deregister provider");
+        nmr.wait_for_provider_deregister_complete(p)
+            .expect("wait provider");
+        counting.calls.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn one_thread_runs_its_lifecycles_through_the_bias() {
+        let nmr = Registrar::new();
+        assert_eq!(lifecycles(&nmr, 1, 100), 600);
+        assert_eq!(
+            nmr.inner.registry.biased().biased_to_me(),
+            crate::sys::init()
+        );
+        // And keeps working through it.
+        assert_eq!(lifecycles(&nmr, 2, 100), 600);
+        assert_eq!(nmr.inner.registry.biased().revocations(), 0);
+        assert!(nmr.snapshot().registrations.is_empty());
+    }
+
+    #[test]
+    fn threads_taking_turns_revoke_each_others_bias() {
+        let nmr = Registrar::new();
+        for round in 0..4u128 {
+            let threads: Vec<_> = (0..2u128)
+                .map(|t| {
+                    let nmr = nmr.clone();
+                    std::thread::spawn(move || lifecycles(&nmr, 10 + round * 2 + t, 300))
+                })
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().expect("lifecycle thread"), 1800);
+            }
+            // The main thread takes the lock once between rounds: with a bias left to a
+            // finished thread, this revokes it.
+            assert!(nmr.snapshot().registrations.is_empty());
+        }
+        if crate::sys::init() {
+            assert!(
+                nmr.inner.registry.biased().revocations() > 0,
+                "no bias was ever revoked"
+            );
+        }
+    }
+}
