@@ -52,7 +52,7 @@ pub mod bench;
 #[cfg(any(not(loom), test))]
 mod bias;
 pub mod binding;
-mod callstack;
+mod frames;
 mod handle;
 mod ids;
 mod lock;

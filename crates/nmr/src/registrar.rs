@@ -17,7 +17,7 @@
 use crate::binding::{
     AttachOutcome, AttachProgress, BindingMachine, BindingState, DetachRequest, Next, Side,
 };
-use crate::callstack::CallbackStack;
+use crate::frames;
 use crate::handle::{self, BindingHandle, Kind, RegistrationHandle, Slab, SlotId};
 use crate::lock::RegistryLock;
 use crate::npis::NpiIndex;
@@ -25,6 +25,7 @@ use crate::reuse;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::{Error, ModuleId, NpiId, Status};
 use std::any::Any;
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -419,24 +420,11 @@ impl Default for Registrar {
     }
 }
 
-#[cfg(not(loom))]
-sync::thread_local! {
-    /// Registrations whose callbacks are running on this thread (for wait-deadlock checks).
-    static IN_CALLBACK: CallbackStack = const { CallbackStack::new() };
-}
-#[cfg(loom)]
-sync::thread_local! {
-    static IN_CALLBACK: CallbackStack = CallbackStack::new();
-}
-
-/// An attach running on this thread: what `NmrClientAttachProvider` needs, kept with the
-/// thread that runs the client's `ClientAttachProvider` so the nested provider attach takes
-/// no lock. Only that thread can act on the attach; other threads can only request its
-/// detach, which the binding machine records under the lock.
-struct AttachFrame {
-    /// Which registrar ([`Registrar::id`]): handles are per registrar.
-    registrar: usize,
-    binding: BindingHandle,
+/// An attach running on this thread: what `NmrClientAttachProvider` needs, linked (see
+/// [`frames`]) with the client's `ClientAttachProvider` running on this thread, so the
+/// nested provider attach takes no lock. Only that thread can act on the attach; other
+/// threads can only request its detach, which the binding machine records under the lock.
+pub(crate) struct AttachFrame {
     provider_reg: u64,
     provider_cb: Live<dyn ProviderCallbacks>,
     client_instance: Live<RegistrationInstance>,
@@ -445,31 +433,6 @@ struct AttachFrame {
     client_dispatch: Context,
     provider_context: Context,
     provider_dispatch: Context,
-}
-
-#[cfg(not(loom))]
-sync::thread_local! {
-    /// Attaches running on this thread, innermost last.
-    static ATTACHING: std::cell::RefCell<Vec<AttachFrame>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-#[cfg(loom)]
-sync::thread_local! {
-    static ATTACHING: std::cell::RefCell<Vec<AttachFrame>> = std::cell::RefCell::new(Vec::new());
-}
-
-/// Runs `f` on the frame of the attach of `binding` in `registrar` running on this thread.
-fn with_frame<R>(
-    registrar: usize,
-    binding: BindingHandle,
-    f: impl FnOnce(&mut AttachFrame) -> R,
-) -> Option<R> {
-    ATTACHING.with(|s| {
-        s.borrow_mut()
-            .iter_mut()
-            .rev()
-            .find(|a| a.registrar == registrar && a.binding == binding)
-            .map(f)
-    })
 }
 
 /// What the client's attach callback of one binding needs, read under the lock by
@@ -485,13 +448,21 @@ struct AttachStart {
     client_instance: Live<RegistrationInstance>,
 }
 
-/// Runs a module callback with `reg` marked as "in callback" on this thread, catching
-/// panics so a misbehaving module cannot leave the registrar half-updated.
+/// Runs a module callback of registration `reg` linked into this thread's running callbacks
+/// ([`frames`]), catching panics so a misbehaving module cannot leave the registrar
+/// half-updated.
 fn invoke<R>(reg: u64, what: &'static str, f: impl FnOnce() -> R) -> Option<R> {
-    IN_CALLBACK.with(|s| s.push(reg));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    IN_CALLBACK.with(CallbackStack::pop);
-    match r {
+    invoke_attach(reg, None, what, f)
+}
+
+/// [`invoke`], for a `ClientAttachProvider` whose attach state is `attach`.
+fn invoke_attach<R>(
+    reg: u64,
+    attach: Option<(usize, BindingHandle, &RefCell<AttachFrame>)>,
+    what: &'static str,
+    f: impl FnOnce() -> R,
+) -> Option<R> {
+    match frames::run(reg, attach, || catch_unwind(AssertUnwindSafe(f))) {
         Ok(v) => Some(v),
         Err(_) => {
             tracing::error!(target: "nmr", callback = what, "module callback panicked; treated as failure/done");
@@ -740,24 +711,20 @@ impl Registrar {
     /// Calls the client's `ClientAttachProvider` for a started attach, with its frame pushed
     /// for `NmrClientAttachProvider`; returns the status and the frame.
     fn call_client_attach(&self, start: &AttachStart) -> (Status, AttachFrame) {
-        let registrar = self.id();
-        ATTACHING.with(|s| {
-            s.borrow_mut().push(AttachFrame {
-                registrar,
-                binding: start.binding,
-                provider_reg: start.provider_reg,
-                provider_cb: start.provider_cb,
-                client_instance: start.client_instance,
-                progress: AttachProgress::new(),
-                client_context: Context::NULL,
-                client_dispatch: Context::NULL,
-                provider_context: Context::NULL,
-                provider_dispatch: Context::NULL,
-            });
+        let frame = RefCell::new(AttachFrame {
+            provider_reg: start.provider_reg,
+            provider_cb: start.provider_cb,
+            client_instance: start.client_instance,
+            progress: AttachProgress::new(),
+            client_context: Context::NULL,
+            client_dispatch: Context::NULL,
+            provider_context: Context::NULL,
+            provider_dispatch: Context::NULL,
         });
         let (client_cb, provider_instance, binding) =
             (start.client_cb, start.provider_instance, start.binding);
-        let status = invoke(start.client_reg, "ClientAttachProvider", || {
+        let attach = Some((self.id(), binding, &frame));
+        let status = invoke_attach(start.client_reg, attach, "ClientAttachProvider", || {
             // SAFETY: binding `b` is attaching: it stays in both registrations' lists until
             // the attach returns (see `live`).
             let client_cb = unsafe { client_cb.get() };
@@ -766,17 +733,7 @@ impl Registrar {
             client_cb.attach_provider(binding, provider_instance)
         })
         .unwrap_or(Status::INVALID_PARAMETER);
-        // Frames pushed by nested attaches are gone (each pops its own, panics included), so
-        // this one is the innermost.
-        let frame = ATTACHING.with(|s| {
-            let mut s = s.borrow_mut();
-            let pos = s
-                .iter()
-                .rposition(|a| a.registrar == registrar && a.binding == binding)
-                .unwrap_or_else(|| unreachable!("the attach frame is pushed above"));
-            s.remove(pos)
-        });
-        (status, frame)
+        (status, frame.into_inner())
     }
 
     /// `NmrClientAttachProvider`: called by a client from inside its `ClientAttachProvider`
@@ -796,7 +753,7 @@ impl Registrar {
         Self::binding_id(binding).map_err(Error::status)?;
         let registrar = self.id();
         // No lock: the attach in progress belongs to this thread (see `AttachFrame`).
-        let begun = with_frame(registrar, binding, |f| {
+        let begun = frames::with_attach(registrar, binding, |f| {
             f.progress.begin_provider_attach()?;
             f.client_context = client_binding_context;
             f.client_dispatch = client_dispatch;
@@ -822,7 +779,7 @@ impl Registrar {
             )
         })
         .unwrap_or(Err(Status::INVALID_PARAMETER));
-        with_frame(registrar, binding, |f| {
+        frames::with_attach(registrar, binding, |f| {
             f.progress.provider_attach_returned(result.is_ok());
             if let Ok(a) = &result {
                 f.provider_context = a.binding_context;
@@ -1125,7 +1082,7 @@ impl Registrar {
             return Err(Error::NotDeregistering);
         }
         if !reg.bindings.is_empty() {
-            if IN_CALLBACK.with(|s| s.contains(h.0)) {
+            if frames::in_callback(h.0) {
                 return Err(Error::WaitInsideCallback);
             }
             reg.waiters += 1;
