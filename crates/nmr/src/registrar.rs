@@ -340,20 +340,41 @@ struct Reg {
     instance: Box<RegistrationInstance>,
     callbacks: Callbacks,
     deregistering: bool,
-    /// Live bindings (attaching through cleaning up), by slab index.
-    bindings: smallvec::SmallVec<[u32; 4]>,
+    /// Live bindings (attaching through cleaning up): how many, and the first and last of
+    /// the list threaded through them ([`Bind::links`]), oldest first.
+    bindings: u32,
+    first: u32,
+    last: u32,
     /// Its NPI's slot in the NPI index, and its position in the slot's list while active.
     npi_slot: u32,
     npi_pos: usize,
     waiters: u32,
 }
 
+/// The end of a registration's list of bindings.
+const NONE: u32 = u32::MAX;
+
+/// A binding's neighbours in one registration's list of bindings (slab indexes or [`NONE`]).
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+/// Which of a binding's [`Bind::links`] a registration of this role uses.
+const fn side_of(role: Role) -> usize {
+    match role {
+        Role::Client => 0,
+        Role::Provider => 1,
+    }
+}
+
 struct Bind {
     machine: BindingMachine,
     client: u32,
     provider: u32,
-    client_pos: usize,
-    provider_pos: usize,
+    /// Its place in the client's list (`[0]`) and in the provider's (`[1]`).
+    links: [Link; 2],
     client_context: Context,
     client_dispatch: Context,
     provider_context: Context,
@@ -364,6 +385,64 @@ struct Registry {
     regs: Slab<Reg>,
     bindings: Slab<Bind>,
     npis: NpiIndex,
+}
+
+/// What linking a binding into its registrations' lists touches: the registrations' and the
+/// bindings' slabs (borrowed apart from the NPI index, which registration iterates meanwhile).
+struct Lists<'a> {
+    regs: &'a mut Slab<Reg>,
+    bindings: &'a mut Slab<Bind>,
+}
+
+impl Registry {
+    /// The slabs the binding lists live in.
+    fn lists(&mut self) -> Lists<'_> {
+        Lists {
+            regs: &mut self.regs,
+            bindings: &mut self.bindings,
+        }
+    }
+}
+
+impl Lists<'_> {
+    /// Appends binding `b` to the list of registration `reg`, whose role uses the binding's
+    /// link `side`.
+    fn link(&mut self, reg: u32, side: usize, b: u32) {
+        let r = self.regs.at_mut(reg);
+        let last = r.last;
+        r.last = b;
+        if last == NONE {
+            r.first = b;
+        }
+        r.bindings += 1;
+        self.bindings.at_mut(b).links[side] = Link {
+            prev: last,
+            next: NONE,
+        };
+        if last != NONE {
+            self.bindings.at_mut(last).links[side].next = b;
+        }
+    }
+
+    /// Takes a binding whose link `side` was `link` out of registration `reg`'s list (the
+    /// binding itself may be gone from the slab already).
+    fn unlink(&mut self, reg: u32, side: usize, link: Link) {
+        let Link { prev, next } = link;
+        if prev != NONE {
+            self.bindings.at_mut(prev).links[side].next = next;
+        }
+        if next != NONE {
+            self.bindings.at_mut(next).links[side].prev = prev;
+        }
+        let r = self.regs.at_mut(reg);
+        if prev == NONE {
+            r.first = next;
+        }
+        if next == NONE {
+            r.last = prev;
+        }
+        r.bindings -= 1;
+    }
 }
 
 struct Inner {
@@ -558,18 +637,18 @@ impl Registrar {
             let npi_pos = entry.list(role).len();
             // Beyond the inline capacity, one allocation rather than a series of regrowths.
             let peers = entry.peers(role).len();
-            let mut bindings = smallvec::SmallVec::new();
             if peers > new_bindings.inline_size() {
                 new_bindings = smallvec::SmallVec::from_vec(reuse::take(&NEW_BINDINGS));
                 new_bindings.reserve(peers);
-                bindings.reserve_exact(peers);
             }
             let reg = Reg {
                 role,
                 instance,
                 callbacks,
                 deregistering: false,
-                bindings,
+                bindings: 0,
+                first: NONE,
+                last: NONE,
                 npi_slot,
                 npi_pos,
                 waiters: 0,
@@ -581,14 +660,15 @@ impl Registrar {
                     Role::Client => (id.index, peer),
                     Role::Provider => (peer, id.index),
                 };
-                let client_pos = r.regs.at(client).bindings.len();
-                let provider_pos = r.regs.at(provider).bindings.len();
+                let unlinked = Link {
+                    prev: NONE,
+                    next: NONE,
+                };
                 let b = r.bindings.insert(Bind {
                     machine: BindingMachine::new(),
                     client,
                     provider,
-                    client_pos,
-                    provider_pos,
+                    links: [unlinked; 2],
                     client_context: Context::NULL,
                     client_dispatch: Context::NULL,
                     provider_context: Context::NULL,
@@ -601,8 +681,12 @@ impl Registrar {
                         break;
                     }
                 };
-                r.regs.at_mut(client).bindings.push(b.index);
-                r.regs.at_mut(provider).bindings.push(b.index);
+                let mut lists = Lists {
+                    regs: &mut r.regs,
+                    bindings: &mut r.bindings,
+                };
+                lists.link(client, side_of(Role::Client), b.index);
+                lists.link(provider, side_of(Role::Provider), b.index);
                 new_bindings.push(b.index);
             }
             // The first attach starts in this same lock section.
@@ -626,6 +710,7 @@ impl Registrar {
 
     /// Starts the attach of the next binding of `bindings` from `*next` on that has not been
     /// discarded meanwhile. Called with the lock held.
+    #[inline]
     fn begin_next_attach(
         &self,
         r: &mut Registry,
@@ -803,6 +888,7 @@ impl Registrar {
 
     /// What the detach and cleanup callbacks of binding `b` need, read under the lock. The
     /// contexts are fixed once the binding is attached; the callbacks for good.
+    #[inline]
     fn side_calls(r: &Registry, b: u32) -> SideCalls {
         let bind = r.bindings.at(b);
         let c = r.regs.at(bind.client);
@@ -886,6 +972,7 @@ impl Registrar {
 
     /// Calls one side's detach callback of a binding whose answer for that side is not
     /// recorded yet (so the binding stays in its registrations' lists).
+    #[inline]
     fn notify_detach(side: Side, calls: &SideCalls) -> DetachStatus {
         let SideCall { reg, cb, ctx } = match side {
             Side::Client => calls.sides[0],
@@ -923,6 +1010,7 @@ impl Registrar {
     }
 
     /// Calls both cleanup callbacks of a binding that only this thread may retire.
+    #[inline]
     fn call_cleanups(calls: &SideCalls) {
         for &SideCall { reg, cb, ctx } in &calls.sides {
             invoke(reg, "cleanup", || match cb {
@@ -945,22 +1033,11 @@ impl Registrar {
             return;
         };
         let mut wake = false;
-        for (reg_index, pos, role) in [
-            (bind.client, bind.client_pos, Role::Client),
-            (bind.provider, bind.provider_pos, Role::Provider),
-        ] {
-            let reg = r.regs.at_mut(reg_index);
-            let removed = reg.bindings.swap_remove(pos);
-            debug_assert_eq!(removed, b);
-            if let Some(&moved) = reg.bindings.get(pos) {
-                let m = r.bindings.at_mut(moved);
-                match role {
-                    Role::Client => m.client_pos = pos,
-                    Role::Provider => m.provider_pos = pos,
-                }
-            }
+        for (reg_index, role) in [(bind.client, Role::Client), (bind.provider, Role::Provider)] {
+            let side = side_of(role);
+            r.lists().unlink(reg_index, side, bind.links[side]);
             let reg = r.regs.at(reg_index);
-            if reg.deregistering && reg.bindings.is_empty() && reg.waiters > 0 {
+            if reg.deregistering && reg.bindings == 0 && reg.waiters > 0 {
                 wake = true;
             }
         }
@@ -1031,15 +1108,20 @@ impl Registrar {
             }
             r.npis.release_if_empty(npi, slot);
             let reg = r.regs.at(id.index);
-            if reg.bindings.len() > to_detach.inline_size() {
+            let count = reg.bindings as usize;
+            if count > to_detach.inline_size() {
                 to_detach = smallvec::SmallVec::from_vec(reuse::take(&TO_DETACH));
-                to_detach.reserve(reg.bindings.len());
+                to_detach.reserve(count);
             }
-            for i in 0..reg.bindings.len() {
-                let b = r.regs.at(id.index).bindings[i];
-                if r.bindings.at_mut(b).machine.request_detach() == DetachRequest::NotifyBoth {
+            let side = side_of(role);
+            let mut b = reg.first;
+            while b != NONE {
+                let bind = r.bindings.at_mut(b);
+                let next = bind.links[side].next;
+                if bind.machine.request_detach() == DetachRequest::NotifyBoth {
                     to_detach.push((b, Self::side_calls(r, b)));
                 }
+                b = next;
             }
         }
         tracing::debug!(target: "nmr::lifecycle", event = "deregister", registration = %h, ?role, detaching = to_detach.len());
@@ -1081,7 +1163,7 @@ impl Registrar {
         if !reg.deregistering {
             return Err(Error::NotDeregistering);
         }
-        if !reg.bindings.is_empty() {
+        if reg.bindings != 0 {
             if frames::in_callback(h.0) {
                 return Err(Error::WaitInsideCallback);
             }
@@ -1096,7 +1178,7 @@ impl Registrar {
                 }
                 drop(drains);
                 guard = self.inner.registry.lock();
-                if guard.regs.get(id).is_some_and(|r| r.bindings.is_empty()) {
+                if guard.regs.get(id).is_some_and(|r| r.bindings == 0) {
                     break;
                 }
             }
@@ -1134,7 +1216,7 @@ impl Registrar {
             });
         }
         let reg = guard.regs.get(id).ok_or(Error::InvalidHandle)?;
-        Ok(reg.deregistering && reg.bindings.is_empty())
+        Ok(reg.deregistering && reg.bindings == 0)
     }
 
     /// `NmrClientDetachProviderComplete`: the client finished detaching after its detach
@@ -1184,12 +1266,12 @@ impl Registrar {
                 module_id: reg.instance.module_id,
                 number: reg.instance.number,
                 name: reg.instance.display_name(),
-                state: match (reg.deregistering, reg.bindings.is_empty()) {
+                state: match (reg.deregistering, reg.bindings == 0) {
                     (false, _) => RegistrationState::Active,
                     (true, false) => RegistrationState::Deregistering,
                     (true, true) => RegistrationState::DeregisterComplete,
                 },
-                bindings: reg.bindings.len(),
+                bindings: reg.bindings as usize,
             })
             .collect();
         let bindings = guard
