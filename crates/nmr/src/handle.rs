@@ -129,11 +129,13 @@ impl<T> Slab<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> Result<SlotId, Error> {
         self.len += 1;
         if let Some(index) = self.free.pop() {
             let e = &mut self.entries[index as usize];
-            e.value = Some(value);
+            // A free slot holds `None`: nothing to drop (and forgetting it skips the check).
+            std::mem::forget(e.value.replace(value));
             return Ok(SlotId {
                 index,
                 generation: e.generation,
@@ -190,6 +192,21 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Removes the value at `index`, known to be live (the registrar's internal links), and
+    /// drops it in place.
+    pub(crate) fn remove_at(&mut self, index: u32) {
+        let e = &mut self.entries[index as usize];
+        assert!(e.value.take().is_some(), "internal link to a free slot");
+        e.generation = if u64::from(e.generation) >= GEN_MASK {
+            1
+        } else {
+            e.generation + 1
+        };
+        self.free.push(index);
+        self.len -= 1;
+    }
+
+    #[inline]
     pub(crate) fn remove(&mut self, id: SlotId) -> Option<T> {
         let e = self.entries.get_mut(id.index as usize)?;
         if e.generation != id.generation {

@@ -1028,14 +1028,13 @@ impl Registrar {
     /// Removes a discarded or gone binding from both registrations and wakes waiters whose
     /// registration just drained. Called with the lock held.
     fn retire_binding(&self, r: &mut Registry, b: u32) {
-        let id = r.bindings.id_of(b);
-        let Some(bind) = r.bindings.remove(id) else {
-            return;
-        };
+        let bind = r.bindings.at(b);
+        let (client, provider, links) = (bind.client, bind.provider, bind.links);
+        r.bindings.remove_at(b);
         let mut wake = false;
-        for (reg_index, role) in [(bind.client, Role::Client), (bind.provider, Role::Provider)] {
+        for (reg_index, role) in [(client, Role::Client), (provider, Role::Provider)] {
             let side = side_of(role);
-            r.lists().unlink(reg_index, side, bind.links[side]);
+            r.lists().unlink(reg_index, side, links[side]);
             let reg = r.regs.at(reg_index);
             if reg.deregistering && reg.bindings == 0 && reg.waiters > 0 {
                 wake = true;
