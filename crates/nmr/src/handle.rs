@@ -206,13 +206,15 @@ impl<T> Slab<T> {
         self.len -= 1;
     }
 
+    /// Removes the value of `id` if live and returns what `f` keeps of it (the rest is
+    /// dropped in place).
     #[inline]
-    pub(crate) fn remove(&mut self, id: SlotId) -> Option<T> {
+    pub(crate) fn remove_map<R>(&mut self, id: SlotId, f: impl FnOnce(T) -> R) -> Option<R> {
         let e = self.entries.get_mut(id.index as usize)?;
         if e.generation != id.generation {
             return None;
         }
-        let v = e.value.take()?;
+        let kept = f(e.value.take()?);
         e.generation = if u64::from(e.generation) >= GEN_MASK {
             1
         } else {
@@ -220,7 +222,12 @@ impl<T> Slab<T> {
         };
         self.free.push(id.index);
         self.len -= 1;
-        Some(v)
+        Some(kept)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, id: SlotId) -> Option<T> {
+        self.remove_map(id, |v| v)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (SlotId, &T)> {

@@ -285,6 +285,7 @@ impl<T> DerefMut for RegistryGuard<'_, T> {
 
 #[cfg(not(loom))]
 impl<T> Drop for RegistryGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.raw.unlock(self.held);
     }

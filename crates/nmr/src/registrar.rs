@@ -1189,10 +1189,13 @@ impl Registrar {
         }
         // Dropped after the lock: the last reference to a module's callbacks may run its
         // destructor (foreign code), and the frees need not hold up other threads.
-        let reg = guard.regs.remove(id);
+        let owned = guard
+            .regs
+            .remove_map(id, |reg| (reg.instance, reg.callbacks));
         drop(guard);
-        if let Some(reg) = reg {
-            reuse::put(reg.instance);
+        if let Some((instance, callbacks)) = owned {
+            reuse::put(instance);
+            drop(callbacks);
         }
         tracing::debug!(target: "nmr::lifecycle", event = "wait-complete", registration = %h, ?role);
         Ok(())
