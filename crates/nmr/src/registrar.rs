@@ -239,12 +239,52 @@ enum Callbacks {
 }
 
 impl Callbacks {
-    /// Borrows the callbacks past the lock (see [`live`]).
-    fn live(&self) -> LiveCallbacks {
+    /// Borrows a client registration's callbacks past the lock (see [`live`]).
+    fn client(&self) -> Live<dyn ClientCallbacks> {
         match self {
-            Callbacks::Client(c) => LiveCallbacks::Client(Live::of(c)),
-            Callbacks::Provider(p) => LiveCallbacks::Provider(Live::of(p)),
+            Callbacks::Client(c) => Live::of(c),
+            Callbacks::Provider(_) => unreachable!("a binding's client is a client registration"),
         }
+    }
+
+    /// Borrows a provider registration's callbacks past the lock (see [`live`]).
+    fn provider(&self) -> Live<dyn ProviderCallbacks> {
+        match self {
+            Callbacks::Provider(p) => Live::of(p),
+            Callbacks::Client(_) => {
+                unreachable!("a binding's provider is a provider registration")
+            }
+        }
+    }
+}
+
+/// One side's detach and cleanup callbacks, whichever side it is.
+trait SideCallbacks {
+    /// Which side these are.
+    const SIDE: Side;
+    /// `ClientDetachProvider` or `ProviderDetachClient`.
+    fn detach(&self, ctx: Context) -> DetachStatus;
+    /// The side's `*CleanupBindingContext`.
+    fn cleanup(&self, ctx: Context);
+}
+
+impl SideCallbacks for dyn ClientCallbacks {
+    const SIDE: Side = Side::Client;
+    fn detach(&self, ctx: Context) -> DetachStatus {
+        self.detach_provider(ctx)
+    }
+    fn cleanup(&self, ctx: Context) {
+        self.cleanup_binding_context(ctx);
+    }
+}
+
+impl SideCallbacks for dyn ProviderCallbacks {
+    const SIDE: Side = Side::Provider;
+    fn detach(&self, ctx: Context) -> DetachStatus {
+        self.detach_client(ctx)
+    }
+    fn cleanup(&self, ctx: Context) {
+        self.cleanup_binding_context(ctx);
     }
 }
 
@@ -262,24 +302,25 @@ sync::thread_local! {
 }
 
 /// One side's detach or cleanup call: its registration handle, callbacks and context.
-#[derive(Clone, Copy)]
-struct SideCall {
+struct SideCall<C: ?Sized> {
     reg: u64,
-    cb: LiveCallbacks,
+    cb: Live<C>,
     ctx: Context,
 }
 
-/// Both sides' calls of one binding (client first), and the binding's handle.
-struct SideCalls {
-    binding: BindingHandle,
-    sides: [SideCall; 2],
+impl<C: ?Sized> Clone for SideCall<C> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
 
-/// A registration's callbacks, borrowed past the lock.
-#[derive(Clone, Copy)]
-enum LiveCallbacks {
-    Client(Live<dyn ClientCallbacks>),
-    Provider(Live<dyn ProviderCallbacks>),
+impl<C: ?Sized> Copy for SideCall<C> {}
+
+/// Both sides' calls of one binding, and the binding's handle.
+struct SideCalls {
+    binding: BindingHandle,
+    client: SideCall<dyn ClientCallbacks>,
+    provider: SideCall<dyn ProviderCallbacks>,
 }
 
 mod live {
@@ -739,19 +780,14 @@ impl Registrar {
         }
         let (client, provider) = (bind.client, bind.provider);
         let (c, p) = (r.regs.at(client), r.regs.at(provider));
-        let (Callbacks::Client(client_cb), Callbacks::Provider(provider_cb)) =
-            (&c.callbacks, &p.callbacks)
-        else {
-            unreachable!("a binding joins a client registration and a provider registration")
-        };
         Some(AttachStart {
             b,
             binding: BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
             client_reg: handle::encode(Kind::Client, r.regs.id_of(client)),
-            client_cb: Live::of(client_cb),
+            client_cb: c.callbacks.client(),
             provider_instance: Live::of_boxed(&p.instance),
             provider_reg: handle::encode(Kind::Provider, r.regs.id_of(provider)),
-            provider_cb: Live::of(provider_cb),
+            provider_cb: p.callbacks.provider(),
             client_instance: Live::of_boxed(&c.instance),
         })
     }
@@ -895,18 +931,16 @@ impl Registrar {
         let p = r.regs.at(bind.provider);
         SideCalls {
             binding: BindingHandle(handle::encode(Kind::Binding, r.bindings.id_of(b))),
-            sides: [
-                SideCall {
-                    reg: handle::encode(Kind::Client, r.regs.id_of(bind.client)),
-                    cb: c.callbacks.live(),
-                    ctx: bind.client_context,
-                },
-                SideCall {
-                    reg: handle::encode(Kind::Provider, r.regs.id_of(bind.provider)),
-                    cb: p.callbacks.live(),
-                    ctx: bind.provider_context,
-                },
-            ],
+            client: SideCall {
+                reg: handle::encode(Kind::Client, r.regs.id_of(bind.client)),
+                cb: c.callbacks.client(),
+                ctx: bind.client_context,
+            },
+            provider: SideCall {
+                reg: handle::encode(Kind::Provider, r.regs.id_of(bind.provider)),
+                cb: p.callbacks.provider(),
+                ctx: bind.provider_context,
+            },
         }
     }
 
@@ -926,7 +960,7 @@ impl Registrar {
     /// the binding (see [`BindingMachine::detached_and_cleaned_up`]).
     fn run_detach_with(&self, b: u32, both: bool, calls: &SideCalls) {
         if !both {
-            let status = Self::notify_detach(Side::Provider, calls);
+            let status = Self::notify_detach(calls.provider, calls.binding);
             let next = self
                 .inner
                 .registry
@@ -940,8 +974,8 @@ impl Registrar {
             }
             return;
         }
-        let client = Self::notify_detach(Side::Client, calls);
-        let provider = Self::notify_detach(Side::Provider, calls);
+        let client = Self::notify_detach(calls.client, calls.binding);
+        let provider = Self::notify_detach(calls.provider, calls.binding);
         if client == DetachStatus::Done && provider == DetachStatus::Done {
             Self::call_cleanups(calls);
             let mut guard = self.inner.registry.lock();
@@ -973,22 +1007,19 @@ impl Registrar {
     /// Calls one side's detach callback of a binding whose answer for that side is not
     /// recorded yet (so the binding stays in its registrations' lists).
     #[inline]
-    fn notify_detach(side: Side, calls: &SideCalls) -> DetachStatus {
-        let SideCall { reg, cb, ctx } = match side {
-            Side::Client => calls.sides[0],
-            Side::Provider => calls.sides[1],
-        };
-        tracing::debug!(target: "nmr::lifecycle", event = "detach", binding = %calls.binding, ?side,
+    fn notify_detach<C: SideCallbacks + ?Sized>(
+        call: SideCall<C>,
+        binding: BindingHandle,
+    ) -> DetachStatus {
+        let SideCall { reg, cb, ctx } = call;
+        let side = C::SIDE;
+        tracing::debug!(target: "nmr::lifecycle", event = "detach", %binding, ?side,
             registration = %RegistrationHandle(reg));
-        let status = invoke(reg, "detach", || match cb {
-            // SAFETY: this side of the binding is being notified, so the binding cannot
-            // finish detaching and stays in its registrations' lists (see `live`).
-            LiveCallbacks::Client(c) => unsafe { c.get() }.detach_provider(ctx),
-            // SAFETY: as above.
-            LiveCallbacks::Provider(p) => unsafe { p.get() }.detach_client(ctx),
-        })
-        .unwrap_or(DetachStatus::Done);
-        tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", binding = %calls.binding, ?side,
+        // SAFETY: this side of the binding is being notified, so the binding cannot finish
+        // detaching and stays in its registrations' lists (see `live`).
+        let status =
+            invoke(reg, "detach", || unsafe { cb.get() }.detach(ctx)).unwrap_or(DetachStatus::Done);
+        tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", %binding, ?side,
             registration = %RegistrationHandle(reg), ?status);
         status
     }
@@ -1012,17 +1043,14 @@ impl Registrar {
     /// Calls both cleanup callbacks of a binding that only this thread may retire.
     #[inline]
     fn call_cleanups(calls: &SideCalls) {
-        for &SideCall { reg, cb, ctx } in &calls.sides {
-            invoke(reg, "cleanup", || match cb {
-                // SAFETY: only the caller retires the binding, after this returns, so it
-                // stays in its registrations' lists (see `live`).
-                LiveCallbacks::Client(c) => unsafe { c.get() }.cleanup_binding_context(ctx),
-                // SAFETY: as above.
-                LiveCallbacks::Provider(p) => unsafe { p.get() }.cleanup_binding_context(ctx),
-            });
-        }
+        let (c, p) = (calls.client, calls.provider);
+        // SAFETY: only the caller retires the binding, after this returns, so it stays in
+        // its registrations' lists (see `live`).
+        invoke(c.reg, "cleanup", || unsafe { c.cb.get() }.cleanup(c.ctx));
+        // SAFETY: as above.
+        invoke(p.reg, "cleanup", || unsafe { p.cb.get() }.cleanup(p.ctx));
         tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %calls.binding,
-            client = %RegistrationHandle(calls.sides[0].reg), provider = %RegistrationHandle(calls.sides[1].reg));
+            client = %RegistrationHandle(c.reg), provider = %RegistrationHandle(p.reg));
     }
 
     /// Removes a discarded or gone binding from both registrations and wakes waiters whose
