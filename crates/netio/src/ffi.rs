@@ -26,7 +26,6 @@ use nmr::{
     Status,
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("libnetio needs 64-bit pointers: a HANDLE carries a 64-bit registrar id");
@@ -327,7 +326,7 @@ pub unsafe extern "system" fn NmrRegisterClient(
             return Err(AbiError::MissingDetachCallback);
         }
         let instance = read_instance(&chars.client_registration_instance)?;
-        let callbacks = Arc::new(CClient {
+        let callbacks = Box::new(CClient {
             chars: Borrowed(client_characteristics),
             context: Context(client_context),
         });
@@ -363,7 +362,7 @@ pub unsafe extern "system" fn NmrRegisterProvider(
             return Err(AbiError::MissingDetachCallback);
         }
         let instance = read_instance(&chars.provider_registration_instance)?;
-        let callbacks = Arc::new(CProvider {
+        let callbacks = Box::new(CProvider {
             chars: Borrowed(provider_characteristics),
             context: Context(provider_context),
         });

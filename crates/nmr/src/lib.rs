@@ -69,7 +69,8 @@ pub use binding::{BindingState, Side, SideState};
 pub use handle::{BindingHandle, RegistrationHandle};
 pub use ids::{Guid, Luid, ModuleId, NpiId};
 pub use registrar::{
-    BindingSnapshot, ClientCallbacks, Context, DetachStatus, ProviderAttachment, ProviderCallbacks,
-    Registrar, RegistrationInstance, RegistrationSnapshot, RegistrationState, Role, Snapshot,
+    BindingSnapshot, ClientCallbacks, ClientModule, Context, DetachStatus, Module,
+    ProviderAttachment, ProviderCallbacks, ProviderModule, Registrar, RegistrationInstance,
+    RegistrationSnapshot, RegistrationState, Role, Snapshot,
 };
 pub use status::{Error, Status};
