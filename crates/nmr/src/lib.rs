@@ -23,7 +23,9 @@
 //! # Two faces
 //!
 //! * The **untyped core** ([`Registrar`], [`ClientCallbacks`], [`ProviderCallbacks`],
-//!   [`Context`]) mirrors `netioddk.h` one to one; the `netio` crate's C ABI sits on it.
+//!   [`Context`]) mirrors `netioddk.h` one to one; the `netio` crate's C ABI sits on it. A
+//!   registration holds its callbacks as a [`Module`]: shared, owned, or `'static` like a C
+//!   module's characteristics.
 //! * The **typed layer** ([`typed`]) describes an NPI as a type and modules as traits. The
 //!   peer's dispatch is only reachable through a [`typed::Binding`] with built-in rundown
 //!   protection: detach answers pending while calls are in flight and completes by itself
