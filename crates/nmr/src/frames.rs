@@ -9,12 +9,16 @@
 //!   own callbacks (it would wait for itself);
 //! * which attach a `NmrClientAttachProvider` belongs to ([`with_attach`]): the client's
 //!   `ClientAttachProvider` runs with its attach's state linked in, and the nested call
-//!   finds it there without taking a lock.
+//!   finds it there without taking a lock;
+//! * which registrar runs the innermost callback ([`with_registrar`]): the typed layer's
+//!   adapters call back into it without holding a reference of their own (which would also
+//!   make a cycle: registrar → registration → adapter → registrar).
 //!
 //! Linking and unlinking are two stores to a thread-local cell; nothing is allocated or
 //! copied, at any nesting depth (callbacks registering modules whose callbacks register
 //! modules...).
 
+use crate::Registrar;
 use crate::handle::BindingHandle;
 use crate::registrar::AttachFrame;
 use std::cell::{Cell, RefCell};
@@ -24,6 +28,8 @@ use std::ptr;
 pub(crate) struct Node {
     /// The registration whose callback runs (raw handle).
     reg: u64,
+    /// The registrar running it.
+    registrar: *const Registrar,
     /// For a `ClientAttachProvider`: the attach's registrar, binding and state.
     attach: Option<(usize, BindingHandle, *const RefCell<AttachFrame>)>,
     /// The next outer callback's node, or null.
@@ -49,16 +55,19 @@ impl Drop for Unlink {
     }
 }
 
-/// Runs `f`, a callback of registration `reg`, linked into this thread's list; `attach` is
-/// the state of the attach `f` performs (a `ClientAttachProvider`) in `registrar`.
+/// Runs `f`, a callback of registration `reg` run by `registrar`, linked into this thread's
+/// list; `attach` is the state of the attach `f` performs (a `ClientAttachProvider`) in the
+/// registrar of id `attach.0`.
 pub(crate) fn run<R>(
     reg: u64,
+    registrar: &Registrar,
     attach: Option<(usize, BindingHandle, &RefCell<AttachFrame>)>,
     f: impl FnOnce() -> R,
 ) -> R {
     let outer = INNERMOST.with(Cell::get);
     let node = Node {
         reg,
+        registrar: ptr::from_ref(registrar),
         attach: attach.map(|(r, b, a)| (r, b, ptr::from_ref(a))),
         outer,
     };
@@ -84,6 +93,21 @@ fn find<R>(mut visit: impl FnMut(&Node) -> Option<R>) -> Option<R> {
         at = node.outer;
     }
     None
+}
+
+/// Runs `f` with the registrar running the innermost callback on this thread; `None` outside
+/// any callback.
+pub(crate) fn with_registrar<R>(f: impl FnOnce(&Registrar) -> R) -> Option<R> {
+    let at = INNERMOST.with(Cell::get);
+    if at.is_null() {
+        return None;
+    }
+    // SAFETY: as in `find`: a non-null `INNERMOST` points at the node of a `run` still on
+    // this thread's stack.
+    let node = unsafe { &*at };
+    // SAFETY: that `run` borrows the registrar for its whole call, so it outlives the node,
+    // and the borrow given to `f` cannot escape it.
+    Some(f(unsafe { &*node.registrar }))
 }
 
 /// Is a callback of registration `reg` running on this thread?
@@ -112,12 +136,31 @@ pub(crate) fn with_attach<R>(
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{in_callback, run};
+    use super::{in_callback, run, with_registrar};
+    use crate::Registrar;
+
+    fn registrar() -> &'static Registrar {
+        Registrar::global()
+    }
+
+    #[test]
+    fn the_innermost_callbacks_registrar_is_seen() {
+        let (a, b) = (Registrar::new(), Registrar::new());
+        assert!(with_registrar(|_| ()).is_none());
+        run(1, &a, None, || {
+            assert!(with_registrar(|r| std::ptr::eq(r, &a)).unwrap_or(false));
+            run(2, &b, None, || {
+                assert!(with_registrar(|r| std::ptr::eq(r, &b)).unwrap_or(false));
+            });
+            assert!(with_registrar(|r| std::ptr::eq(r, &a)).unwrap_or(false));
+        });
+        assert!(with_registrar(|_| ()).is_none());
+    }
 
     /// Nests `depth` callbacks of registrations 1..=depth and checks, at the innermost,
     /// that each is seen running.
     fn nest(reg: u64, depth: u64) {
-        run(reg, None, || {
+        run(reg, registrar(), None, || {
             if reg < depth {
                 nest(reg + 1, depth);
             } else {
@@ -139,8 +182,8 @@ mod tests {
 
     #[test]
     fn an_unwinding_callback_is_unlinked() {
-        run(7, None, || {
-            let r = std::panic::catch_unwind(|| run(8, None, || panic!("module bug")));
+        run(7, registrar(), None, || {
+            let r = std::panic::catch_unwind(|| run(8, registrar(), None, || panic!("module bug")));
             assert!(r.is_err());
             assert!(in_callback(7));
             assert!(!in_callback(8));
@@ -150,7 +193,7 @@ mod tests {
 
     #[test]
     fn other_threads_do_not_see_this_threads_callbacks() {
-        run(9, None, || {
+        run(9, registrar(), None, || {
             let seen = std::thread::spawn(|| in_callback(9)).join();
             assert_eq!(seen.ok(), Some(false));
             assert!(in_callback(9));

@@ -679,18 +679,24 @@ struct AttachStart {
 /// Runs a module callback of registration `reg` linked into this thread's running callbacks
 /// ([`frames`]), catching panics so a misbehaving module cannot leave the registrar
 /// half-updated.
-fn invoke<R>(reg: u64, what: &'static str, f: impl FnOnce() -> R) -> Option<R> {
-    invoke_attach(reg, None, what, f)
+fn invoke<R>(
+    registrar: &Registrar,
+    reg: u64,
+    what: &'static str,
+    f: impl FnOnce() -> R,
+) -> Option<R> {
+    invoke_attach(registrar, reg, None, what, f)
 }
 
 /// [`invoke`], for a `ClientAttachProvider` whose attach state is `attach`.
 fn invoke_attach<R>(
+    registrar: &Registrar,
     reg: u64,
     attach: Option<(usize, BindingHandle, &RefCell<AttachFrame>)>,
     what: &'static str,
     f: impl FnOnce() -> R,
 ) -> Option<R> {
-    match frames::run(reg, attach, || catch_unwind(AssertUnwindSafe(f))) {
+    match frames::run(reg, registrar, attach, || catch_unwind(AssertUnwindSafe(f))) {
         Ok(v) => Some(v),
         Err(_) => {
             tracing::error!(target: "nmr", callback = what, "module callback panicked; treated as failure/done");
@@ -953,14 +959,20 @@ impl Registrar {
         let (client_cb, provider_instance, binding) =
             (start.client_cb, start.provider_instance, start.binding);
         let attach = Some((self.id(), binding, &frame));
-        let status = invoke_attach(start.client_reg, attach, "ClientAttachProvider", || {
-            // SAFETY: binding `b` is attaching: it stays in both registrations' lists until
-            // the attach returns (see `live`).
-            let client_cb = unsafe { client_cb.get() };
-            // SAFETY: as above.
-            let provider_instance = unsafe { provider_instance.get() };
-            client_cb.attach_provider(binding, provider_instance)
-        })
+        let status = invoke_attach(
+            self,
+            start.client_reg,
+            attach,
+            "ClientAttachProvider",
+            || {
+                // SAFETY: binding `b` is attaching: it stays in both registrations' lists until
+                // the attach returns (see `live`).
+                let client_cb = unsafe { client_cb.get() };
+                // SAFETY: as above.
+                let provider_instance = unsafe { provider_instance.get() };
+                client_cb.attach_provider(binding, provider_instance)
+            },
+        )
         .unwrap_or(Status::INVALID_PARAMETER);
         (status, frame.into_inner())
     }
@@ -993,7 +1005,7 @@ impl Registrar {
             Some(Err(e)) => return Err(Error::status(e)),
             None => return Err(self.not_attaching_here(binding).status()),
         };
-        let result = invoke(provider_reg, "ProviderAttachClient", || {
+        let result = invoke(self, provider_reg, "ProviderAttachClient", || {
             // SAFETY: this thread runs the client's attach of this binding (its frame is
             // pushed), so the binding stays in both registrations' lists until we return
             // (see `live`).
@@ -1068,7 +1080,7 @@ impl Registrar {
     /// the binding (see [`BindingMachine::detached_and_cleaned_up`]).
     fn run_detach_with(&self, b: u32, both: bool, calls: &SideCalls) {
         if !both {
-            let status = Self::notify_detach(calls.provider, calls.binding);
+            let status = self.notify_detach(calls.provider, calls.binding);
             let next = self
                 .inner
                 .registry
@@ -1082,10 +1094,10 @@ impl Registrar {
             }
             return;
         }
-        let client = Self::notify_detach(calls.client, calls.binding);
-        let provider = Self::notify_detach(calls.provider, calls.binding);
+        let client = self.notify_detach(calls.client, calls.binding);
+        let provider = self.notify_detach(calls.provider, calls.binding);
         if client == DetachStatus::Done && provider == DetachStatus::Done {
-            Self::call_cleanups(calls);
+            self.call_cleanups(calls);
             let mut guard = self.inner.registry.lock();
             let r = &mut *guard;
             let gone = r.bindings.at_mut(b).machine.detached_and_cleaned_up();
@@ -1116,6 +1128,7 @@ impl Registrar {
     /// recorded yet (so the binding stays in its registrations' lists).
     #[inline]
     fn notify_detach<C: SideCallbacks + ?Sized>(
+        &self,
         call: SideCall<C>,
         binding: BindingHandle,
     ) -> DetachStatus {
@@ -1125,8 +1138,8 @@ impl Registrar {
             registration = %RegistrationHandle(reg));
         // SAFETY: this side of the binding is being notified, so the binding cannot finish
         // detaching and stays in its registrations' lists (see `live`).
-        let status =
-            invoke(reg, "detach", || unsafe { cb.get() }.detach(ctx)).unwrap_or(DetachStatus::Done);
+        let status = invoke(self, reg, "detach", || unsafe { cb.get() }.detach(ctx))
+            .unwrap_or(DetachStatus::Done);
         tracing::debug!(target: "nmr::lifecycle", event = "detach-returned", %binding, ?side,
             registration = %RegistrationHandle(reg), ?status);
         status
@@ -1140,7 +1153,7 @@ impl Registrar {
     /// Runs both cleanups of binding `b`, which just entered `CleaningUp` (so only this
     /// thread touches it until it is retired below), and retires it.
     fn run_cleanups_with(&self, b: u32, calls: &SideCalls) {
-        Self::call_cleanups(calls);
+        self.call_cleanups(calls);
         let mut guard = self.inner.registry.lock();
         let r = &mut *guard;
         let gone = r.bindings.at_mut(b).machine.cleanups_returned();
@@ -1150,13 +1163,17 @@ impl Registrar {
 
     /// Calls both cleanup callbacks of a binding that only this thread may retire.
     #[inline]
-    fn call_cleanups(calls: &SideCalls) {
+    fn call_cleanups(&self, calls: &SideCalls) {
         let (c, p) = (calls.client, calls.provider);
-        // SAFETY: only the caller retires the binding, after this returns, so it stays in
-        // its registrations' lists (see `live`).
-        invoke(c.reg, "cleanup", || unsafe { c.cb.get() }.cleanup(c.ctx));
-        // SAFETY: as above.
-        invoke(p.reg, "cleanup", || unsafe { p.cb.get() }.cleanup(p.ctx));
+        invoke(self, c.reg, "cleanup", || {
+            // SAFETY: only the caller retires the binding, after this returns, so it stays
+            // in its registrations' lists (see `live`).
+            unsafe { c.cb.get() }.cleanup(c.ctx);
+        });
+        invoke(self, p.reg, "cleanup", || {
+            // SAFETY: as above.
+            unsafe { p.cb.get() }.cleanup(p.ctx);
+        });
         tracing::debug!(target: "nmr::lifecycle", event = "cleanup", binding = %calls.binding,
             client = %RegistrationHandle(c.reg), provider = %RegistrationHandle(p.reg));
     }

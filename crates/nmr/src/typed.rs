@@ -49,6 +49,7 @@
 //! # Ok::<(), nmr::Error>(())
 //! ```
 
+use crate::frames;
 use crate::registrar::{
     ClientCallbacks, Context, DetachStatus, ProviderAttachment, ProviderCallbacks,
     RegistrationInstance,
@@ -458,16 +459,18 @@ impl<N: Npi, P: Provider<N>> ErasedProvider<N> for P {
 /// as the registration's callbacks, and as its instance's characteristics, which is how a
 /// peer knows the registration is a typed client of `N` (a downcast to this exact type), so
 /// it only ever reinterprets dispatch contexts that really are of `N`'s types.
+///
+/// It holds no reference to its registrar: its callbacks find the registrar running them
+/// ([`frames::with_registrar`]), and a reference here would make a cycle (registrar →
+/// registration → this → registrar) and cost two atomic read-modify-writes per registration.
 struct ClientTyped<N: Npi> {
     characteristics: Option<N::ClientCharacteristics>,
-    registrar: Registrar,
     module: Arc<dyn ErasedClient<N>>,
 }
 
 /// A typed provider registration of NPI `N` (see [`ClientTyped`]).
 struct ProviderTyped<N: Npi> {
     characteristics: Option<N::ProviderCharacteristics>,
-    registrar: Registrar,
     module: Arc<dyn ErasedProvider<N>>,
 }
 
@@ -765,8 +768,14 @@ impl<N: Npi> ClientAttach<'_, N> {
     }
 }
 
-impl<N: Npi> ClientCallbacks for ClientTyped<N> {
-    fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status {
+impl<N: Npi> ClientTyped<N> {
+    /// `ClientAttachProvider` run by `registrar`.
+    fn attach_with(
+        &self,
+        registrar: &Registrar,
+        binding: BindingHandle,
+        provider: &RegistrationInstance,
+    ) -> Status {
         let Some(t) = typed_peer::<ProviderTyped<N>>(provider) else {
             return Status::NOINTERFACE;
         };
@@ -774,7 +783,7 @@ impl<N: Npi> ClientCallbacks for ClientTyped<N> {
         let late = side::Late::new();
         let side = late.context();
         let mut attach = ClientAttach::<N> {
-            registrar: &self.registrar,
+            registrar,
             handle: binding,
             side,
             pending: Some(PendingCore {
@@ -806,6 +815,14 @@ impl<N: Npi> ClientCallbacks for ClientTyped<N> {
             (Err(d), false) => d.status(),
         }
     }
+}
+
+impl<N: Npi> ClientCallbacks for ClientTyped<N> {
+    fn attach_provider(&self, binding: BindingHandle, provider: &RegistrationInstance) -> Status {
+        // Only a registrar calls this (the type is private), so one is running it.
+        frames::with_registrar(|registrar| self.attach_with(registrar, binding, provider))
+            .unwrap_or(Status::INVALID_DEVICE_STATE)
+    }
 
     fn detach_provider(&self, client_binding_context: Context) -> DetachStatus {
         // SAFETY: the registrar hands back the context `ClientAttach::attach` made of the
@@ -817,11 +834,14 @@ impl<N: Npi> ClientCallbacks for ClientTyped<N> {
         detach_side(
             &core,
             || {
-                let registrar = self.registrar.clone();
-                move || {
-                    if let Err(e) = registrar.client_detach_provider_complete(handle) {
+                // Only on the pending path: the completion may run on any thread, later.
+                let registrar = frames::with_registrar(Registrar::clone);
+                move || match registrar.map(|r| r.client_detach_provider_complete(handle)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
                         tracing::error!(target: "nmr", %handle, "typed client detach completion failed: {e}");
                     }
+                    None => broken_invariant("a typed detach ran outside any registrar"),
                 }
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
@@ -889,11 +909,14 @@ impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
         detach_side(
             &core,
             || {
-                let registrar = self.registrar.clone();
-                move || {
-                    if let Err(e) = registrar.provider_detach_client_complete(handle) {
+                // Only on the pending path: the completion may run on any thread, later.
+                let registrar = frames::with_registrar(Registrar::clone);
+                move || match registrar.map(|r| r.provider_detach_client_complete(handle)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
                         tracing::error!(target: "nmr", %handle, "typed provider detach completion failed: {e}");
                     }
+                    None => broken_invariant("a typed detach ran outside any registrar"),
                 }
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
@@ -1022,7 +1045,7 @@ macro_rules! typed_registration {
                 characteristics: Option<N::$chars>,
                 module: Arc<M>,
             ) -> Result<Self, Error> {
-                let typed = Arc::new($adapter::<N> { characteristics, registrar: registrar.clone(), module });
+                let typed = Arc::new($adapter::<N> { characteristics, module });
                 let mut instance = RegistrationInstance::new(N::ID, info.module_id, info.number)
                     .with_characteristics(Arc::clone(&typed) as Arc<dyn Any + Send + Sync>);
                 instance.name = info.name;
