@@ -30,8 +30,8 @@ pub(crate) struct Node {
     reg: u64,
     /// The registrar running it.
     registrar: *const Registrar,
-    /// For a `ClientAttachProvider`: the attach's registrar, binding and state.
-    attach: Option<(usize, BindingHandle, *const RefCell<AttachFrame>)>,
+    /// For a `ClientAttachProvider`: the attach's binding (in `registrar`) and state.
+    attach: Option<(BindingHandle, *const RefCell<AttachFrame>)>,
     /// The next outer callback's node, or null.
     outer: *const Node,
 }
@@ -56,19 +56,19 @@ impl Drop for Unlink {
 }
 
 /// Runs `f`, a callback of registration `reg` run by `registrar`, linked into this thread's
-/// list; `attach` is the state of the attach `f` performs (a `ClientAttachProvider`) in the
-/// registrar of id `attach.0`.
+/// list; `attach` is the binding and state of the attach `f` performs (a
+/// `ClientAttachProvider`).
 pub(crate) fn run<R>(
     reg: u64,
     registrar: &Registrar,
-    attach: Option<(usize, BindingHandle, &RefCell<AttachFrame>)>,
+    attach: Option<(BindingHandle, &RefCell<AttachFrame>)>,
     f: impl FnOnce() -> R,
 ) -> R {
     let outer = INNERMOST.with(Cell::get);
     let node = Node {
         reg,
         registrar: ptr::from_ref(registrar),
-        attach: attach.map(|(r, b, a)| (r, b, ptr::from_ref(a))),
+        attach: attach.map(|(b, a)| (b, ptr::from_ref(a))),
         outer,
     };
     // From here until `_unlink` drops, `node` stays where it is and is only read.
@@ -119,12 +119,15 @@ pub(crate) fn in_callback(reg: u64) -> bool {
 /// (innermost first); `None` if there is none, or if its state is already borrowed (`g` of
 /// an outer call re-entered: never done by the registrar).
 pub(crate) fn with_attach<R>(
-    registrar: usize,
+    registrar: &Registrar,
     binding: BindingHandle,
     g: impl FnOnce(&mut AttachFrame) -> R,
 ) -> Option<R> {
     let state = find(|n| match n.attach {
-        Some((r, b, state)) if r == registrar && b == binding => Some(state),
+        // SAFETY: the node's `run` borrows its registrar for the node's whole life.
+        Some((b, state)) if b == binding && unsafe { &*n.registrar }.same_as(registrar) => {
+            Some(state)
+        }
         _ => None,
     })?;
     // SAFETY: `state` was linked by the `run` whose node we just read, still on this

@@ -692,7 +692,7 @@ fn invoke<R>(
 fn invoke_attach<R>(
     registrar: &Registrar,
     reg: u64,
-    attach: Option<(usize, BindingHandle, &RefCell<AttachFrame>)>,
+    attach: Option<(BindingHandle, &RefCell<AttachFrame>)>,
     what: &'static str,
     f: impl FnOnce() -> R,
 ) -> Option<R> {
@@ -858,9 +858,9 @@ impl Registrar {
         Ok(handle)
     }
 
-    /// This registrar's identity (for attach frames).
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner).addr()
+    /// Is `other` a handle of this same registrar (handles are per registrar)?
+    pub(crate) fn same_as(&self, other: &Registrar) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Starts the attach of the next binding of `bindings` from `*next` on that has not been
@@ -958,7 +958,7 @@ impl Registrar {
         });
         let (client_cb, provider_instance, binding) =
             (start.client_cb, start.provider_instance, start.binding);
-        let attach = Some((self.id(), binding, &frame));
+        let attach = Some((binding, &frame));
         let status = invoke_attach(
             self,
             start.client_reg,
@@ -992,9 +992,8 @@ impl Registrar {
         client_dispatch: Context,
     ) -> Result<ProviderAttachment, Status> {
         Self::binding_id(binding).map_err(Error::status)?;
-        let registrar = self.id();
         // No lock: the attach in progress belongs to this thread (see `AttachFrame`).
-        let begun = frames::with_attach(registrar, binding, |f| {
+        let begun = frames::with_attach(self, binding, |f| {
             f.progress.begin_provider_attach()?;
             f.client_context = client_binding_context;
             f.client_dispatch = client_dispatch;
@@ -1020,7 +1019,7 @@ impl Registrar {
             )
         })
         .unwrap_or(Err(Status::INVALID_PARAMETER));
-        frames::with_attach(registrar, binding, |f| {
+        frames::with_attach(self, binding, |f| {
             f.progress.provider_attach_returned(result.is_ok());
             if let Ok(a) = &result {
                 f.provider_context = a.binding_context;
