@@ -943,7 +943,7 @@ impl Registrar {
         }
     }
 
-    /// Calls the client's `ClientAttachProvider` for a started attach, with its frame pushed
+    /// Calls the client's `ClientAttachProvider` for a started attach, with its frame linked
     /// for `NmrClientAttachProvider`; returns the status and the frame.
     fn call_client_attach(&self, start: &AttachStart) -> (Status, AttachFrame) {
         let frame = RefCell::new(AttachFrame {
@@ -1006,7 +1006,7 @@ impl Registrar {
         };
         let result = invoke(self, provider_reg, "ProviderAttachClient", || {
             // SAFETY: this thread runs the client's attach of this binding (its frame is
-            // pushed), so the binding stays in both registrations' lists until we return
+            // linked), so the binding stays in both registrations' lists until we return
             // (see `live`).
             let provider_cb = unsafe { provider_cb.get() };
             // SAFETY: as above.
