@@ -303,16 +303,29 @@ impl<T: ?Sized + 'static> fmt::Debug for Module<T> {
     }
 }
 
+impl<T: ?Sized + 'static> From<Arc<T>> for Module<T> {
+    fn from(a: Arc<T>) -> Self {
+        Module::Shared(a)
+    }
+}
+
+impl<T: ?Sized + 'static> From<Box<T>> for Module<T> {
+    fn from(b: Box<T>) -> Self {
+        Module::Owned(b)
+    }
+}
+
+impl<T: ?Sized + 'static> From<&'static T> for Module<T> {
+    fn from(r: &'static T) -> Self {
+        Module::Static(r)
+    }
+}
+
+/// Conversions from a concrete callbacks type to the trait object a registration holds.
 macro_rules! module_from {
     ($tr:ident) => {
         impl<T: $tr> From<Arc<T>> for Module<dyn $tr> {
             fn from(a: Arc<T>) -> Self {
-                Module::Shared(a)
-            }
-        }
-
-        impl From<Arc<dyn $tr>> for Module<dyn $tr> {
-            fn from(a: Arc<dyn $tr>) -> Self {
                 Module::Shared(a)
             }
         }
@@ -323,20 +336,8 @@ macro_rules! module_from {
             }
         }
 
-        impl From<Box<dyn $tr>> for Module<dyn $tr> {
-            fn from(b: Box<dyn $tr>) -> Self {
-                Module::Owned(b)
-            }
-        }
-
         impl<T: $tr> From<&'static T> for Module<dyn $tr> {
             fn from(r: &'static T) -> Self {
-                Module::Static(r)
-            }
-        }
-
-        impl From<&'static dyn $tr> for Module<dyn $tr> {
-            fn from(r: &'static dyn $tr) -> Self {
                 Module::Static(r)
             }
         }

@@ -51,7 +51,7 @@
 
 use crate::frames;
 use crate::registrar::{
-    ClientCallbacks, Context, DetachStatus, ProviderAttachment, ProviderCallbacks,
+    ClientCallbacks, Context, DetachStatus, Module, ProviderAttachment, ProviderCallbacks,
     RegistrationInstance,
 };
 use crate::rundown::{DrainRef, HoldsRundown, OwnedRundownGuard, Rundown, RundownGuard};
@@ -465,13 +465,13 @@ impl<N: Npi, P: Provider<N>> ErasedProvider<N> for P {
 /// registration → this → registrar) and cost two atomic read-modify-writes per registration.
 struct ClientTyped<N: Npi> {
     characteristics: Option<N::ClientCharacteristics>,
-    module: Arc<dyn ErasedClient<N>>,
+    module: Module<dyn ErasedClient<N>>,
 }
 
 /// A typed provider registration of NPI `N` (see [`ClientTyped`]).
 struct ProviderTyped<N: Npi> {
     characteristics: Option<N::ProviderCharacteristics>,
-    module: Arc<dyn ErasedProvider<N>>,
+    module: Module<dyn ErasedProvider<N>>,
 }
 
 /// The peer's registration object, if it is a `T` (a typed registration of the right role
@@ -791,7 +791,7 @@ impl<N: Npi> ClientTyped<N> {
                 rundown: Rundown::new(),
             }),
         };
-        let result = self.module.attach(&peer, &mut attach);
+        let result = self.module.get().attach(&peer, &mut attach);
         let attached = attach.pending.is_none();
         // Never attached: the allocation goes (the registrar never hands `side` back).
         drop(attach);
@@ -846,7 +846,7 @@ impl<N: Npi> ClientCallbacks for ClientTyped<N> {
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
             // cleanup's `take` starts only after this callback returns.
-            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
+            |hold| self.module.get().detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
@@ -856,7 +856,7 @@ impl<N: Npi> ClientCallbacks for ClientTyped<N> {
             unsafe { side::take::<BindingCore<N::ProviderDispatch>>(client_binding_context) };
         // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
         if let Some(ctx) = unsafe { core.ctx.take() } {
-            self.module.cleanup(ctx);
+            self.module.get().cleanup(ctx);
         }
     }
 }
@@ -881,6 +881,7 @@ impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
         let peer = peer_info(client, t.characteristics.as_ref());
         let (ctx, dispatch) = self
             .module
+            .get()
             .attach(
                 &peer,
                 Binding {
@@ -921,7 +922,7 @@ impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
             },
             // SAFETY: the attach's `set` returned before this detach began, and the
             // cleanup's `take` starts only after this callback returns.
-            |hold| self.module.detach(unsafe { core.ctx.get() }, hold),
+            |hold| self.module.get().detach(unsafe { core.ctx.get() }, hold),
         )
     }
 
@@ -931,7 +932,7 @@ impl<N: Npi> ProviderCallbacks for ProviderTyped<N> {
             unsafe { side::take::<BindingCore<N::ClientDispatch>>(provider_binding_context) };
         // SAFETY: both detach callbacks have returned, and nothing else touches the cell.
         if let Some(ctx) = unsafe { core.ctx.take() } {
-            self.module.cleanup(ctx);
+            self.module.get().cleanup(ctx);
         }
     }
 }
@@ -1015,7 +1016,7 @@ impl Drop for Deregistration {
 }
 
 macro_rules! typed_registration {
-    ($name:ident, $role:ident, $trait:ident, $adapter:ident, $chars:ident, $reg:ident, $dereg:ident, $doc:literal) => {
+    ($name:ident, $role:ident, $trait:ident, $erased:ident, $adapter:ident, $chars:ident, $reg:ident, $dereg:ident, $doc:literal) => {
         #[doc = $doc]
         ///
         /// Deregistration consumes it; dropping it deregisters and waits.
@@ -1035,7 +1036,8 @@ macro_rules! typed_registration {
         }
 
         impl<N: Npi> $name<N> {
-            /// Registers `module`; attach callbacks run before this returns.
+            /// Registers `module` (an `Arc`, a `Box` or a `'static` reference: see
+            /// [`Module`]); attach callbacks run before this returns.
             ///
             /// # Errors
             /// As [`Registrar`]'s registration.
@@ -1043,8 +1045,13 @@ macro_rules! typed_registration {
                 registrar: &Registrar,
                 info: ModuleInfo,
                 characteristics: Option<N::$chars>,
-                module: Arc<M>,
+                module: impl Into<Module<M>>,
             ) -> Result<Self, Error> {
+                let module = match module.into() {
+                    Module::Shared(a) => Module::Shared(a as Arc<dyn $erased<N>>),
+                    Module::Owned(b) => Module::Owned(b as Box<dyn $erased<N>>),
+                    Module::Static(r) => Module::Static(r as &'static dyn $erased<N>),
+                };
                 let typed = Arc::new($adapter::<N> { characteristics, module });
                 let mut instance = RegistrationInstance::new(N::ID, info.module_id, info.number)
                     .with_characteristics(Arc::clone(&typed) as Arc<dyn Any + Send + Sync>);
@@ -1107,6 +1114,7 @@ typed_registration!(
     ProviderRegistration,
     Provider,
     Provider,
+    ErasedProvider,
     ProviderTyped,
     ProviderCharacteristics,
     register_provider,
@@ -1117,6 +1125,7 @@ typed_registration!(
     ClientRegistration,
     Client,
     Client,
+    ErasedClient,
     ClientTyped,
     ClientCharacteristics,
     register_client,

@@ -331,3 +331,62 @@ fn modules_of_another_type_for_the_same_npi_id_never_pair() {
     ir.unload();
     pr.unload();
 }
+
+/// A typed module may be registered as a `'static` reference or as an owned box, as well as
+/// an `Arc`: each attaches and calls the same way, and an owned module is dropped at the wait.
+#[test]
+fn static_and_owned_typed_modules() {
+    static PROVIDER: std::sync::OnceLock<CalcProvider> = std::sync::OnceLock::new();
+    let r = Registrar::new();
+    let prov: &'static CalcProvider = PROVIDER.get_or_init(CalcProvider::default);
+    let pr = ProviderRegistration::<CalcNpi>::register(&r, info(1, "calc"), Some(Version(2)), prov)
+        .unwrap();
+
+    /// An owned client that reports its own drop.
+    struct Owned {
+        inner: CalcClient,
+        dropped: Arc<AtomicBool>,
+    }
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+    impl Client<CalcNpi> for Owned {
+        type BindingContext = u16;
+        fn attach_provider(
+            &self,
+            peer: &PeerInfo<'_, Version>,
+            attach: &mut ClientAttach<'_, CalcNpi>,
+        ) -> Result<u16, Declined> {
+            let v = self.inner.attach_provider(peer, attach)?;
+            let b = self.inner.providers.lock().unwrap()[0].clone();
+            assert_eq!(b.call(|c| c.add(40, 2)), Ok(42));
+            Ok(v)
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let owned = Box::new(Owned {
+        inner: CalcClient {
+            want_version: 2,
+            ..Default::default()
+        },
+        dropped: Arc::clone(&dropped),
+    });
+    let cr = ClientRegistration::<CalcNpi>::register(&r, info(2, "owned"), None, owned).unwrap();
+    assert_eq!(
+        prov.clients.lock().unwrap().len(),
+        1,
+        "the static provider attached"
+    );
+    let d = cr.deregister();
+    assert!(!dropped.load(Ordering::SeqCst), "dropped before the wait");
+    d.wait();
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "owned module not dropped at the wait"
+    );
+    assert_eq!(prov.detaches.load(Ordering::SeqCst), 1);
+    assert_eq!(prov.cleanups.load(Ordering::SeqCst), 1);
+    pr.unload();
+}
