@@ -90,6 +90,19 @@ pub fn packet_len(ext_len: usize, payload_len: usize) -> Option<u32> {
     u32::try_from(body + TRAILER_LEN).ok()
 }
 
+/// The descriptor's first eight bytes as a little-endian word: type, data offset and
+/// length in 8-byte units, flags. `total` is the packet's ring bytes (from [`packet_len`],
+/// so both units fit a `u16`).
+#[inline(always)]
+fn descriptor_word0(header: PacketHeader, ext_len: usize, total: usize) -> u64 {
+    let offset8 = ((DESCRIPTOR_LEN + ext_len) / 8) as u16;
+    let len8 = ((total - TRAILER_LEN) / 8) as u16;
+    u64::from(header.packet_type)
+        | u64::from(offset8) << 16
+        | u64::from(len8) << 32
+        | u64::from(header.flags) << 48
+}
+
 /// What was wrong with a ring the peer wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Corruption {
@@ -459,13 +472,8 @@ impl<M: RingMemory> OutgoingRing<M> {
     #[inline(always)]
     fn combine(&mut self, header: PacketHeader, ext: &[u8], payload: &[u8], total: usize) {
         let start = self.tail;
-        let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
-        let len8 = ((total - TRAILER_LEN) / 8) as u16;
         // The descriptor as two little-endian words (whole-word stores, no byte shuffling).
-        let word0 = u64::from(header.packet_type)
-            | u64::from(offset8) << 16
-            | u64::from(len8) << 32
-            | u64::from(header.flags) << 48;
+        let word0 = descriptor_word0(header, ext.len(), total);
         let at = self.wc_len;
         let pkt = &mut self.wc.0[at..at + total];
         let p = DESCRIPTOR_LEN + ext.len();
@@ -518,12 +526,7 @@ impl<M: RingMemory> OutgoingRing<M> {
             return Ok(true);
         }
         let start = self.tail;
-        let offset8 = ((DESCRIPTOR_LEN + ext.len()) / 8) as u16;
-        let len8 = ((total - TRAILER_LEN) / 8) as u16;
-        let word0 = u64::from(header.packet_type)
-            | u64::from(offset8) << 16
-            | u64::from(len8) << 32
-            | u64::from(header.flags) << 48;
+        let word0 = descriptor_word0(header, ext.len(), total);
         let trailer = (u64::from(start) << 32).to_le_bytes();
         // A larger packet goes straight into the ring, after what is combined so far.
         self.flush_wc();
