@@ -227,57 +227,20 @@ fn thread_id() -> u64 {
 }
 
 #[cfg(test)]
-mod counter {
-    //! A counter updated by a non-atomic read-modify-write under a [`BiasedLock`]: only the
-    //! lock keeps increments from getting lost.
-    use super::BiasedLock;
-    use crate::sync::atomic::{AtomicUsize, Ordering};
-
-    pub(super) struct Counter {
-        pub(super) lock: BiasedLock,
-        value: AtomicUsize,
+impl crate::lock::counter::TestLock for BiasedLock {
+    type Held = Held;
+    fn acquire(&self) -> Held {
+        self.lock()
     }
-
-    impl Counter {
-        pub(super) fn new(asymmetric: bool, threshold: u32) -> Self {
-            Counter {
-                lock: BiasedLock::new(asymmetric, threshold),
-                value: AtomicUsize::new(0),
-            }
-        }
-
-        pub(super) fn increment(&self) {
-            let held = self.lock.lock();
-            let v = self.value.load(Ordering::Relaxed);
-            self.value.store(v + 1, Ordering::Relaxed);
-            self.lock.unlock(held);
-        }
-
-        /// The value, read by a thread that holds the lock.
-        #[cfg_attr(loom, expect(dead_code, reason = "unit tests only"))]
-        pub(super) fn value_for_test(&self) -> usize {
-            self.value.load(Ordering::Relaxed)
-        }
-
-        /// Sets the value; the calling thread holds the lock.
-        #[cfg_attr(loom, expect(dead_code, reason = "unit tests only"))]
-        pub(super) fn set_for_test(&self, v: usize) {
-            self.value.store(v, Ordering::Relaxed);
-        }
-
-        pub(super) fn get(&self) -> usize {
-            let held = self.lock.lock();
-            let v = self.value.load(Ordering::Relaxed);
-            self.lock.unlock(held);
-            v
-        }
+    fn release(&self, held: Held) {
+        self.unlock(held);
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::counter::Counter;
     use super::{BiasedLock, Held, MAX_THRESHOLD};
+    use crate::lock::counter::Counter;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -317,7 +280,7 @@ mod tests {
     /// is lost, and the threshold doubles with each revocation up to its cap.
     #[test]
     fn mutual_exclusion_across_bias_and_revocation() {
-        let c = Arc::new(Counter::new(true, 1));
+        let c = Arc::new(Counter::new(BiasedLock::new(true, 1)));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let c = Arc::clone(&c);
@@ -356,7 +319,7 @@ mod tests {
         if !asymmetric() {
             return;
         }
-        let c = Arc::new(Counter::new(true, 1));
+        let c = Arc::new(Counter::new(BiasedLock::new(true, 1)));
         c.increment();
         assert!(c.lock.biased_to_me());
         let held = c.lock.lock();
@@ -390,7 +353,8 @@ mod loom_bias {
     //! The bias under loom: the asymmetric pair is two `SeqCst` fences (see `sys`) and the
     //! threshold is 1, so the first raw acquisition biases and every other thread revokes. A
     //! broken exclusion is a lost update of the counter.
-    use super::counter::Counter;
+    use super::BiasedLock;
+    use crate::lock::counter::Counter;
     use loom::sync::Arc;
 
     fn increments(threads: usize, per_thread: usize) {
@@ -399,7 +363,7 @@ mod loom_bias {
             b.preemption_bound = Some(2);
         }
         b.check(move || {
-            let c = Arc::new(Counter::new(true, 1));
+            let c = Arc::new(Counter::new(BiasedLock::new(true, 1)));
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     let c = Arc::clone(&c);

@@ -332,36 +332,66 @@ mod loom_park {
 }
 
 #[cfg(test)]
-mod counter {
-    //! A counter updated by a non-atomic read-modify-write under a [`RawLock`]: only the
-    //! lock keeps increments from getting lost.
+pub(crate) mod counter {
+    //! A counter updated by a non-atomic read-modify-write under a lock (the [`RawLock`] here,
+    //! the biased lock in `bias`): only the lock keeps increments from getting lost.
     use super::RawLock;
     use crate::sync::atomic::{AtomicUsize, Ordering};
 
-    pub(super) struct Counter {
-        pub(super) raw: RawLock,
+    /// A lock the counter can run under.
+    pub(crate) trait TestLock {
+        /// What `acquire` hands back for `release`.
+        type Held;
+        fn acquire(&self) -> Self::Held;
+        fn release(&self, held: Self::Held);
+    }
+
+    impl TestLock for RawLock {
+        type Held = ();
+        fn acquire(&self) {
+            self.lock();
+        }
+        fn release(&self, (): ()) {
+            self.unlock();
+        }
+    }
+
+    pub(crate) struct Counter<L> {
+        pub(crate) lock: L,
         value: AtomicUsize,
     }
 
-    impl Counter {
-        pub(super) fn new(asymmetric: bool) -> Self {
+    impl<L: TestLock> Counter<L> {
+        pub(crate) fn new(lock: L) -> Self {
             Counter {
-                raw: RawLock::new(asymmetric),
+                lock,
                 value: AtomicUsize::new(0),
             }
         }
 
-        pub(super) fn increment(&self) {
-            self.raw.lock();
+        pub(crate) fn increment(&self) {
+            let held = self.lock.acquire();
             let v = self.value.load(Ordering::Relaxed);
             self.value.store(v + 1, Ordering::Relaxed);
-            self.raw.unlock();
+            self.lock.release(held);
         }
 
-        pub(super) fn get(&self) -> usize {
-            self.raw.lock();
+        /// The value, read by a thread that holds the lock.
+        #[cfg_attr(loom, expect(dead_code, reason = "unit tests only"))]
+        pub(crate) fn value_for_test(&self) -> usize {
+            self.value.load(Ordering::Relaxed)
+        }
+
+        /// Sets the value; the calling thread holds the lock.
+        #[cfg_attr(loom, expect(dead_code, reason = "unit tests only"))]
+        pub(crate) fn set_for_test(&self, v: usize) {
+            self.value.store(v, Ordering::Relaxed);
+        }
+
+        pub(crate) fn get(&self) -> usize {
+            let held = self.lock.acquire();
             let v = self.value.load(Ordering::Relaxed);
-            self.raw.unlock();
+            self.lock.release(held);
             v
         }
     }
@@ -369,6 +399,7 @@ mod counter {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::RawLock;
     use super::counter::Counter;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -377,7 +408,7 @@ mod tests {
     /// Threads incrementing a plain counter under the lock lose no update, on both barrier
     /// paths.
     fn exclusive(asymmetric: bool) {
-        let lock = Arc::new(Counter::new(asymmetric));
+        let lock = Arc::new(Counter::new(RawLock::new(asymmetric)));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let lock = Arc::clone(&lock);
@@ -407,8 +438,8 @@ mod tests {
     /// A thread that finds the lock held for long sleeps (it announces itself) and is woken
     /// by the release.
     fn sleeper_is_woken(asymmetric: bool) {
-        let lock = Arc::new(Counter::new(asymmetric));
-        lock.raw.lock();
+        let lock = Arc::new(Counter::new(RawLock::new(asymmetric)));
+        lock.lock.lock();
         let done = Arc::new(AtomicBool::new(false));
         let t = {
             let (lock, done) = (Arc::clone(&lock), Arc::clone(&done));
@@ -417,14 +448,14 @@ mod tests {
                 done.store(true, Ordering::SeqCst);
             })
         };
-        while lock.raw.sleepers.load(Ordering::SeqCst) == 0 {
+        while lock.lock.sleepers.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(!done.load(Ordering::SeqCst), "acquired while held");
-        lock.raw.unlock();
+        lock.lock.unlock();
         t.join().expect("sleeping thread");
         assert!(done.load(Ordering::SeqCst));
-        assert_eq!(lock.raw.sleepers.load(Ordering::SeqCst), 0);
+        assert_eq!(lock.lock.sleepers.load(Ordering::SeqCst), 0);
         assert_eq!(lock.get(), 1);
     }
 
@@ -432,15 +463,15 @@ mod tests {
     /// every sleeper is woken in turn (no lost wake-up: the test would hang) and exclusion
     /// holds throughout.
     fn many_sleepers(asymmetric: bool) {
-        let lock = Arc::new(Counter::new(asymmetric));
+        let lock = Arc::new(Counter::new(RawLock::new(asymmetric)));
         let slept = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let (lock, slept) = (Arc::clone(&lock), Arc::clone(&slept));
                 std::thread::spawn(move || {
                     for _ in 0..100 {
-                        lock.raw.lock();
-                        if lock.raw.sleepers.load(Ordering::Relaxed) > 0 {
+                        lock.lock.lock();
+                        if lock.lock.sleepers.load(Ordering::Relaxed) > 0 {
                             slept.store(true, Ordering::Relaxed);
                         }
                         // Hold it for ~50 µs: well past any spinning.
@@ -448,7 +479,7 @@ mod tests {
                         while start.elapsed() < Duration::from_micros(50) {
                             std::hint::spin_loop();
                         }
-                        lock.raw.unlock();
+                        lock.lock.unlock();
                         lock.increment();
                     }
                 })
@@ -458,7 +489,7 @@ mod tests {
             t.join().expect("contending thread");
         }
         assert_eq!(lock.get(), 400);
-        assert_eq!(lock.raw.sleepers.load(Ordering::SeqCst), 0);
+        assert_eq!(lock.lock.sleepers.load(Ordering::SeqCst), 0);
         assert!(
             slept.load(Ordering::Relaxed),
             "no thread ever slept on the lock"
@@ -510,6 +541,7 @@ mod loom_lock {
     //! The lock algorithm under loom: the asymmetric pair is two `SeqCst` fences (see
     //! `sys`), the spin phase is skipped, and sleeping is `loom_park`. A lost wake-up is a
     //! deadlock loom reports; a broken exclusion is a lost update of the counter.
+    use super::RawLock;
     use super::counter::Counter;
     use loom::sync::Arc;
 
@@ -519,7 +551,7 @@ mod loom_lock {
             b.preemption_bound = Some(2);
         }
         b.check(move || {
-            let lock = Arc::new(Counter::new(asymmetric));
+            let lock = Arc::new(Counter::new(RawLock::new(asymmetric)));
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     let lock = Arc::clone(&lock);
@@ -532,7 +564,9 @@ mod loom_lock {
             }
             assert_eq!(lock.get(), threads + 1);
             assert_eq!(
-                lock.raw.sleepers.load(std::sync::atomic::Ordering::Relaxed),
+                lock.lock
+                    .sleepers
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 0
             );
         });
